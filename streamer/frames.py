@@ -1,0 +1,58 @@
+"""The small dataclasses that carry data through the pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a source knows about its video stream (and what a sink needs to match it)."""
+
+    width: int
+    height: int
+    time_base: Fraction
+    average_rate: Optional[Fraction] = None   # frames per second, None if unknown (live, VFR)
+    frames: Optional[int] = None              # frame count if the container says so
+    duration: Optional[float] = None          # seconds, if known
+    codec_name: Optional[str] = None
+    pix_fmt: Optional[str] = None
+    color_range: Optional[int] = None         # FFmpeg enum values, as PyAV exposes them
+    color_space: Optional[int] = None
+    color_primaries: Optional[int] = None
+    color_trc: Optional[int] = None
+    has_audio: bool = False
+    live: bool = False
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: ``image`` is H x W x 3 uint8 RGB; ``pts`` in ``time_base`` units."""
+
+    index: int
+    pts: Optional[int]
+    time_base: Fraction
+    image: np.ndarray
+
+
+@dataclass
+class Clip:
+    """Consecutive frames a model sees together; the first ``overlap`` frames repeat the
+    previous clip's last ones (per-frame models use clips of one frame, overlap 0)."""
+
+    frames: List[Frame]
+    start: int
+    overlap: int = 0
+
+
+@dataclass
+class Tile:
+    """A spatial piece of a clip: ``box`` = (top, left, bottom, right) in input pixels."""
+
+    clip_id: int
+    box: Tuple[int, int, int, int]
+    data: np.ndarray
+    index: int = 0
