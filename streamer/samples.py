@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import av
 import numpy as np
@@ -78,10 +78,13 @@ def write_clip(
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     crf: int = 12,
+    color: Optional[Mapping[str, int]] = None,
 ) -> None:
     """Encode frames (T, H, W, 3) to a file; ``pts`` (in ``time_base``) makes it variable-rate.
 
-    ``audio`` adds an AAC 440 Hz tone as long as the video.
+    ``audio`` adds an AAC 440 Hz tone as long as the video. ``color`` tags the stream with
+    FFmpeg colour enums (keys ``color_range``, ``colorspace``, ``color_primaries``,
+    ``color_trc``; e.g. bt709 = 1, tv range = 1) and converts RGB with that matrix and range.
     """
     path = str(path)
     tb = time_base or Fraction(1, fps)
@@ -91,12 +94,17 @@ def write_clip(
         vs.pix_fmt = pix_fmt
         vs.time_base = tb
         vs.codec_context.time_base = tb
+        for key, value in (color or {}).items():
+            setattr(vs.codec_context, key, value)
         aus = None
         if audio:
             aus = out.add_stream("aac", rate=48000)
             aus.layout = "stereo"
         for i, img in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if color:
+                vf = vf.reformat(format=pix_fmt, dst_colorspace=color.get("colorspace"),
+                                 dst_color_range=color.get("color_range"))
             vf.pts = int(pts[i]) if pts is not None else i
             vf.time_base = tb
             out.mux(vs.encode(vf))

@@ -1,0 +1,129 @@
+"""Encoder settings: how each codec spells quality and speed, and which pixel format to use.
+
+``crf``/``preset`` None pick the codec's default in :data:`CODECS`. x264 preset names work for
+every codec (mapped onto libsvtav1's 0-13 and libvpx-vp9's deadline/cpu-used scales); the
+codecs' own numeric presets work too.
+
+Odd sizes: 4:2:0 (and 4:2:2) chroma cannot represent an odd width/height. Rather than change
+the picture size behind the user's back, :func:`pick_pix_fmt` switches to the codec's 4:4:4
+format (``yuv444p``) with a one-line warning; codecs without 4:4:4 (libsvtav1) refuse odd
+sizes with a :class:`UsageError`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import av
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncoderSettings:
+    """What to encode with; see the module docstring for the defaults."""
+
+    codec: str = "libx264"
+    crf: Optional[int] = None
+    preset: Optional[str] = None
+    pix_fmt: str = "yuv420p"
+
+
+_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                 "veryslow", "placebo")
+
+
+@dataclass(frozen=True)
+class CodecProfile:
+    """How one encoder spells quality and speed."""
+
+    crf_default: Optional[int]          # None: the codec has no quality knob (lossless)
+    crf_range: Tuple[int, int] = (0, 51)
+    preset_default: Optional[str] = None
+
+    def options(self, codec: str, crf: Optional[int], preset: Optional[str]) -> Dict[str, str]:
+        opts: Dict[str, str] = {}
+        if self.crf_default is None:
+            if crf is not None or preset is not None:
+                log.warning("%s is lossless: crf/preset ignored", codec)
+            return opts
+        crf = self.crf_default if crf is None else crf
+        lo, hi = self.crf_range
+        if not lo <= crf <= hi:
+            raise UsageError(f"crf {crf} is out of range for {codec} ({lo}-{hi})")
+        opts["crf"] = str(crf)
+        preset = preset or self.preset_default
+        if preset is not None:
+            opts.update(_preset_options(codec, str(preset)))
+        if codec == "libvpx-vp9":
+            opts.update({"b": "0", "row-mt": "1"})  # b=0: crf is constant quality, not a cap
+        if codec == "libx265":
+            opts["x265-params"] = "log-level=error"  # x265 prints its banner straight to stderr
+        return opts
+
+
+CODECS: Dict[str, CodecProfile] = {
+    "libx264": CodecProfile(crf_default=18, preset_default="medium"),
+    "libx265": CodecProfile(crf_default=20, preset_default="medium"),
+    "libvpx-vp9": CodecProfile(crf_default=31, crf_range=(0, 63), preset_default="fast"),
+    "libsvtav1": CodecProfile(crf_default=30, crf_range=(1, 63), preset_default="medium"),
+    "ffv1": CodecProfile(crf_default=None),
+}
+
+# x264 preset name -> libsvtav1 preset (0 slowest .. 13 fastest) and libvpx-vp9 (deadline, cpu-used).
+_SVT_PRESET = dict(zip(_X26X_PRESETS, (13, 12, 11, 10, 9, 8, 6, 4, 2, 0)))
+_VP9_PRESET = dict(zip(_X26X_PRESETS, (("realtime", 8), ("realtime", 7), ("realtime", 6), ("good", 5),
+                                       ("good", 4), ("good", 3), ("good", 2), ("good", 1), ("good", 0),
+                                       ("best", 0))))
+
+
+def _preset_options(codec: str, preset: str) -> Dict[str, str]:
+    numeric = preset.lstrip("-").isdigit()
+    if codec in ("libx264", "libx265"):
+        if preset not in _X26X_PRESETS:
+            raise UsageError(f"unknown preset {preset!r} for {codec} (choose from {', '.join(_X26X_PRESETS)})")
+        return {"preset": preset}
+    if codec == "libsvtav1":
+        if numeric and -1 <= int(preset) <= 13:
+            return {"preset": preset}
+        if preset in _SVT_PRESET:
+            return {"preset": str(_SVT_PRESET[preset])}
+        raise UsageError(f"unknown preset {preset!r} for libsvtav1 (an x264 preset name or -1..13)")
+    if codec == "libvpx-vp9":
+        if numeric and -8 <= int(preset) <= 8:
+            return {"deadline": "good" if abs(int(preset)) <= 5 else "realtime", "cpu-used": preset}
+        if preset in _VP9_PRESET:
+            deadline, cpu_used = _VP9_PRESET[preset]
+            return {"deadline": deadline, "cpu-used": str(cpu_used)}
+        raise UsageError(f"unknown preset {preset!r} for libvpx-vp9 (an x264 preset name or cpu-used -8..8)")
+    raise UsageError(f"preset is not supported for codec {codec}")  # pragma: no cover
+
+
+def encoder_options(settings: EncoderSettings) -> Dict[str, str]:
+    """FFmpeg options for ``settings``; UsageError for values the codec cannot take."""
+    profile = CODECS.get(settings.codec)
+    if profile is None:
+        if settings.crf is not None or settings.preset is not None:
+            raise UsageError(f"crf/preset are not supported for codec {settings.codec} "
+                             f"(supported: {', '.join(CODECS)})")
+        return {}
+    return profile.options(settings.codec, settings.crf, settings.preset)
+
+
+def pick_pix_fmt(codec: "av.Codec", requested: str, width: int, height: int) -> str:
+    """``requested``, or yuv444p where ``requested`` subsamples chroma and the size is odd."""
+    fmt = av.VideoFormat(requested)
+    subsampled_w = fmt.chroma_width(width) != width
+    subsampled_h = fmt.chroma_height(height) != height
+    if not ((subsampled_w and width % 2) or (subsampled_h and height % 2)):
+        return requested
+    supported = {f.name for f in codec.video_formats or ()}
+    if "yuv444p" in supported:
+        log.warning("%dx%d is odd-sized: %s cannot hold it, encoding %s as yuv444p "
+                    "(same picture size, full-resolution chroma)", width, height, requested, codec.name)
+        return "yuv444p"
+    raise UsageError(f"{codec.name} cannot encode an odd size ({width}x{height}) without changing it: "
+                     f"use a codec with 4:4:4 support (libx264, libx265, libvpx-vp9, ffv1)")

@@ -1,0 +1,321 @@
+"""Video sinks: encode restored frames to a file with PyAV.
+
+The output keeps what the input had: every frame's timestamp (variable frame rate included; the
+output pts are the input pts, rescaled to the output stream's time base), the colour tags
+(range, matrix, primaries, transfer), and the audio streams, copied packet for packet
+(never re-encoded) and interleaved with the video by time.
+
+The file is written under a hidden temporary name in the output's directory and renamed over
+the output only once it is complete, so an interrupted run never leaves a broken file under the
+name the user asked for: :meth:`VideoSink.abort` removes the temporary file, or, with
+``keep_partial``, finalises the frames written so far into a playable file.
+
+Codec options (crf/preset per encoder) and the pixel-format choice for odd sizes live in
+:mod:`streamer.encoding`; ``EncoderSettings`` is re-exported here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections import deque
+from typing import Deque, Dict, Iterator, Optional, Tuple
+
+import av
+
+from .avutil import describe_av_error, display_path
+from .encoding import EncoderSettings, encoder_options, pick_pix_fmt
+from .errors import ProcessingError, UsageError
+from .frames import Frame, VideoInfo
+from .sources import PtsRepair
+
+log = logging.getLogger(__name__)
+
+# Output containers we write (extension -> FFmpeg muxer). Image and audio-only formats are
+# deliberately absent (the output is a video file), and so is AVI: it stores no presentation
+# timestamps, so neither variable frame rate nor reordered (B-)frames survive in it.
+CONTAINERS: Dict[str, str] = {
+    ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+    ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts", ".flv": "flv", ".nut": "nut",
+}
+
+__all__ = ["CONTAINERS", "EncoderSettings", "VideoSink", "check_output_path"]
+
+
+def check_output_path(path: str, input_path: Optional[str] = None) -> None:
+    """Raise :class:`UsageError` (one line) if ``path`` cannot be our output file."""
+    if not path:
+        raise UsageError("no output given")
+    path = os.fspath(path)
+    shown = display_path(path)
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise UsageError(f"output is a directory, give a file name: {shown}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".avi":
+        raise UsageError(f"AVI cannot keep the input's frame timing: write {os.path.splitext(shown)[0]}.mkv "
+                         "or .mp4 instead")
+    if ext not in CONTAINERS:
+        known = " ".join(sorted(CONTAINERS))
+        what = f"extension {ext!r}" if ext else "no extension"
+        raise UsageError(f"output {shown} has {what}: use one of {known}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"output directory does not exist: {display_path(directory)}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to the output directory {display_path(directory)}: permission denied")
+    if input_path is not None and _same_file(path, os.fspath(input_path)):
+        raise UsageError(f"output {shown} is the input file: choose another name")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _temp_path(path: str) -> str:
+    """A hidden name next to ``path`` that keeps its extension (FFmpeg picks the muxer by it)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    return os.path.join(directory, f".{stem}.partial-{secrets.token_hex(4)}{ext}")
+
+
+# MPEG-TS cannot answer FFmpeg's "do you support this codec" query: the codecs it has stream
+# types for (others would be written as opaque data no player decodes).
+_MPEGTS_CODECS = {"h264", "hevc", "mpeg2video", "mpeg4", "aac", "mp2", "mp3", "ac3", "eac3", "opus", "dts"}
+
+
+def _container_accepts(output: "av.container.OutputContainer", codec: "av.Codec") -> bool:
+    if output.format.name == "mpegts":
+        return codec.canonical_name in _MPEGTS_CODECS
+    return codec.name in output.supported_codecs
+
+
+# FFmpeg colour enums -> swscale matrix constants (where they differ; equal values pass through).
+_SWS_MATRIX = {6: 5, 10: 9}     # smpte170m -> itu601, bt2020 constant luminance -> bt2020
+
+
+class AudioCopy:
+    """Remuxes the audio streams of ``source`` into ``output`` unchanged, packet by packet,
+    a little ahead of the video so the muxer can interleave without buffering."""
+
+    def __init__(self, source: str, output: "av.container.OutputContainer") -> None:
+        self._output = output
+        self._input = av.open(source)
+        self._streams: Dict[int, "av.stream.Stream"] = {}
+        for stream in self._input.streams.audio:
+            name = stream.codec_context.name
+            if not _container_accepts(output, stream.codec_context.codec):
+                log.warning("%s audio cannot go into a .%s file: audio stream %d dropped "
+                            "(choose .mkv or .mp4 to keep it)", name, output.format.name, stream.index)
+                continue
+            self._streams[stream.index] = output.add_stream_from_template(stream)
+        self._packets: Iterator["av.Packet"] = (
+            self._input.demux(*[self._input.streams[i] for i in self._streams]) if self._streams else iter(()))
+        self._pending: Optional["av.Packet"] = None
+
+    @staticmethod
+    def _seconds(packet: "av.Packet") -> float:
+        ts = packet.dts if packet.dts is not None else packet.pts
+        return float(ts * packet.time_base) if ts is not None else float("-inf")
+
+    def mux_until(self, seconds: float) -> None:
+        """Mux every audio packet that starts before ``seconds``."""
+        while True:
+            if self._pending is None:
+                self._pending = next(self._packets, None)
+                if self._pending is None:
+                    return
+            packet = self._pending
+            if packet.size == 0:   # demuxer's end-of-stream marker
+                self._pending = None
+                continue
+            if self._seconds(packet) >= seconds:
+                return
+            packet.stream = self._streams[packet.stream_index]
+            self._output.mux(packet)
+            self._pending = None
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoSink:
+    """Encodes frames to ``path``; see the module docstring. Use as a context manager: an
+    exception inside the ``with`` block aborts (nothing is left under ``path``)."""
+
+    def __init__(self, path: str, info: VideoInfo, width: int, height: int,
+                 settings: EncoderSettings = EncoderSettings(), audio_from: Optional[str] = None) -> None:
+        check_output_path(path, audio_from)   # audio_from is the input: never write over it
+        self.path = os.fspath(path)
+        self.width, self.height = int(width), int(height)
+        self.settings = settings
+        self.frames_written = 0
+        self._shown = display_path(self.path)
+        self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
+        self._audio: Optional[AudioCopy] = None
+        self._last_end = 0.0        # seconds: where the last written frame ends
+        self._temp = _temp_path(self.path)
+        self._output: Optional["av.container.OutputContainer"] = None
+        self._unmuxed: Deque["av.Packet"] = deque()
+
+        try:
+            codec = av.Codec(settings.codec, "w")
+        except Exception:
+            raise UsageError(f"unknown video encoder {settings.codec!r}") from None
+        if codec.type != "video":
+            raise UsageError(f"{settings.codec} is not a video encoder")
+        options = encoder_options(settings)
+        self.pix_fmt = pick_pix_fmt(codec, settings.pix_fmt, self.width, self.height)
+        self.time_base = info.time_base
+        self._pts = PtsRepair(info.time_base, info.average_rate)
+        self._matrix = _SWS_MATRIX.get(info.color_space, info.color_space) if info.color_space else None
+        self._range = info.color_range or None
+
+        try:
+            self._output = av.open(self._temp, "w")
+            if not _container_accepts(self._output, codec):
+                raise UsageError(f"{codec.name} video cannot go into a {os.path.splitext(self.path)[1]} "
+                                 f"file: choose another codec or container")
+            self._video = self._output.add_stream(settings.codec, rate=info.average_rate or None,
+                                                  options=options)
+            cc = self._video.codec_context
+            self._video.width, self._video.height = self.width, self.height
+            self._video.pix_fmt = self.pix_fmt
+            self._video.time_base = info.time_base
+            cc.time_base = info.time_base
+            cc.thread_count = 0
+            for attr, value in (("color_range", info.color_range), ("colorspace", info.color_space),
+                                ("color_primaries", info.color_primaries), ("color_trc", info.color_trc)):
+                if value:
+                    setattr(cc, attr, value)
+            if audio_from is not None:
+                self._audio = AudioCopy(audio_from, self._output)
+            # Write the header now: a codec that refuses these settings fails here, before
+            # any frame has been processed.
+            self._output.start_encoding()
+        except UsageError:
+            self._discard()
+            raise
+        except (av.FFmpegError, ValueError, OSError) as err:
+            self._discard()
+            raise UsageError(f"cannot encode {self._shown} with {settings.codec} at "
+                             f"{self.width}x{self.height} {self.pix_fmt}: {describe_av_error(err)}") from None
+        except BaseException:
+            self._discard()
+            raise
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, frame: Frame) -> None:
+        if self._done is not None:
+            raise ProcessingError(f"sink for {self._shown} is already {self._done[0]}")
+        image = frame.image
+        if image.dtype.name != "uint8" or image.shape != (self.height, self.width, 3):
+            raise ProcessingError(f"frame {frame.index}: expected a {self.height}x{self.width}x3 uint8 image, "
+                                  f"got {image.dtype} {tuple(image.shape)}")
+        pts = frame.pts
+        if pts is not None and frame.time_base != self.time_base:
+            pts = round(pts * frame.time_base / self.time_base)
+        pts = self._pts(pts)
+        vf = av.VideoFrame.from_ndarray(image if image.flags.c_contiguous else image.copy(), format="rgb24")
+        # Convert with the input's matrix and range so a decode -> encode pass is colour-neutral.
+        vf = vf.reformat(format=self.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self._range)
+        vf.pts = pts
+        vf.time_base = self.time_base
+        try:
+            self._unmuxed.extend(self._video.encode(vf))
+            self._mux_pending()
+        except av.FFmpegError as err:
+            raise ProcessingError(f"encoding {self._shown} failed at frame {frame.index}: "
+                                  f"{describe_av_error(err)}") from None
+        self.frames_written += 1
+        self._last_end = float((pts + self._pts.step) * self.time_base)
+
+    def _mux_pending(self) -> None:
+        # Encoded packets wait in a queue until muxed, so a KeyboardInterrupt between two
+        # packets loses none of them: abort(keep_partial=True) muxes the rest.
+        while self._unmuxed:
+            packet = self._unmuxed.popleft()
+            if self._audio is not None and packet.dts is not None:
+                self._audio.mux_until(float(packet.dts * packet.time_base))
+            self._output.mux(packet)
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the encoder, copy the rest of the audio, finalise and rename to ``path``."""
+        if self._done is not None:
+            return
+        if not self.frames_written:
+            self.abort()
+            raise ProcessingError(f"no frames were written: {self._shown} not created")
+        try:
+            self._finalise(audio_until=float("inf"))
+        except BaseException as err:
+            self.abort()
+            if isinstance(err, (av.FFmpegError, OSError)):
+                raise ProcessingError(f"finishing {self._shown} failed: {describe_av_error(err)}") from None
+            raise
+        self._done = ("closed", self.path)
+
+    def abort(self, keep_partial: bool = False) -> Optional[str]:
+        """Stop writing. Remove the temporary file, or (``keep_partial`` and at least one frame
+        written) finalise it into a playable file under ``path`` with the audio up to the last
+        frame. Returns the path kept, or None. Safe to call more than once."""
+        if self._done is not None:
+            return self._done[1]
+        kept: Optional[str] = None
+        if keep_partial and self.frames_written:
+            try:
+                self._finalise(audio_until=self._last_end)
+                kept = self.path
+            except BaseException as err:  # a partial file is best effort: fall back to nothing
+                log.warning("could not keep the partial output %s: %s", self._shown, describe_av_error(err))
+                self._discard()
+        else:
+            self._discard()
+        self._done = ("aborted", kept)
+        return kept
+
+    def _finalise(self, audio_until: float) -> None:
+        self._mux_pending()
+        self._unmuxed.extend(self._video.encode(None))
+        self._mux_pending()
+        if self._audio is not None:
+            self._audio.mux_until(audio_until)
+            self._audio.close()
+        self._output.close()
+        os.replace(self._temp, self.path)
+
+    def _discard(self) -> None:
+        for part in (self._audio, self._output):
+            try:
+                if part is not None:
+                    part.close()
+            except Exception:
+                pass
+        try:
+            os.remove(self._temp)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "VideoSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        if getattr(self, "_done", "x") is None:
+            try:
+                self.abort()
+            except Exception:
+                pass
+

@@ -1,0 +1,334 @@
+"""Video sources: where decoded frames come from.
+
+``open_source(spec)`` checks the input as far as it can up front (the file exists and is
+readable, FFmpeg recognises it, it has a video stream, the first frame decodes) so that the CLI
+fails with one clear line before it spends time loading a model. It returns a
+:class:`VideoSource`: a context manager that yields :class:`~streamer.frames.Frame` objects
+(RGB uint8, pts in the stream's time base) once.
+
+Files are read with PyAV (any container and codec FFmpeg reads, threaded decoding) or, with
+``decoder="decord"``, with decord (an optional extra; files only, AV1 falls back to PyAV).
+Live inputs (webcam, RTSP, UDP, ...) will be further :class:`VideoSource` subclasses chosen in
+:func:`open_source` by the spec's form; PyAV opens those too, so :class:`PyAVSource` already
+takes its container from a generic ``av.open`` call.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from fractions import Fraction
+from typing import Iterator, Optional
+
+import av
+
+from .avutil import describe_av_error, display_path
+from .errors import ProcessingError, UsageError
+from .frames import Frame, VideoInfo
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("pyav", "decord")
+
+
+def open_source(spec: str, decoder: str = "pyav") -> "VideoSource":
+    """Open ``spec`` (a file path for now) for reading; raise :class:`UsageError` with one line
+    if it cannot be read as a video."""
+    if decoder not in DECODERS:
+        raise UsageError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec):
+        raise UsageError("no input given")
+    spec = os.fspath(spec)
+    if _looks_like_url(spec):
+        # Live inputs arrive in a later issue: they will get their own subclass here.
+        raise UsageError(f"network and device inputs are not supported yet: {spec}")
+    check_input_file(spec)
+    source = PyAVSource(spec)
+    if decoder == "decord":
+        return _decord_or_fallback(source)
+    return source
+
+
+def _looks_like_url(spec: str) -> bool:
+    scheme, sep, _ = spec.partition("://")
+    return (bool(sep) and scheme.isalnum()) or spec.startswith("/dev/video")
+
+
+def check_input_file(path: str) -> None:
+    """The filesystem checks that come before FFmpeg sees the file."""
+    shown = display_path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"input file not found: {shown}") from None
+    except PermissionError:
+        raise UsageError(f"cannot read input {shown}: permission denied") from None
+    except OSError as err:
+        raise UsageError(f"cannot read input {shown}: {describe_av_error(err)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"input is a directory, not a video file: {shown}")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise UsageError(f"input file is empty: {shown}")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except PermissionError:
+        raise UsageError(f"cannot read input {shown}: permission denied") from None
+    except OSError as err:
+        raise UsageError(f"cannot read input {shown}: {describe_av_error(err)}") from None
+
+
+class VideoSource:
+    """Base class: ``info`` describes the video stream, iteration yields frames once.
+
+    Subclasses implement :meth:`_frames` and :meth:`_close`.
+    """
+
+    info: VideoInfo
+    path: str
+
+    def __init__(self) -> None:
+        self._iterated = False
+        self._closed = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._closed:
+            raise ProcessingError("video source is closed")
+        if self._iterated:
+            raise ProcessingError("a video source can be iterated only once")
+        self._iterated = True
+        return self._frames()
+
+    def _frames(self) -> Iterator[Frame]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __enter__(self) -> "VideoSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class PtsRepair:
+    """Gives every frame a strictly increasing pts: missing ones (some containers, raw streams)
+    or ones that go backwards are replaced by the previous pts plus one frame's duration
+    (from the stream's average rate; if unknown, the last step seen, at first 1/30 s)."""
+
+    def __init__(self, time_base: Fraction, rate: Optional[Fraction]) -> None:
+        self.step = max(1, round(1 / ((rate or 30) * time_base)))
+        self._learn_step = not rate
+        self.last: Optional[int] = None
+        self.repaired = 0
+
+    def __call__(self, pts: Optional[int]) -> int:
+        if pts is None or (self.last is not None and pts <= self.last):
+            pts = 0 if self.last is None else self.last + self.step
+            self.repaired += 1
+        elif self.last is not None and self._learn_step:
+            self.step = pts - self.last
+        self.last = pts
+        return pts
+
+
+def _video_info(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream",
+                first: "av.VideoFrame") -> VideoInfo:
+    tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+    rate = stream.average_rate or stream.guessed_rate or None
+    duration = None
+    if stream.duration is not None:
+        duration = float(stream.duration * tb)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    frames = stream.frames or None
+    if frames is None and duration and rate:
+        frames = int(round(duration * rate))  # an estimate; the stream may say otherwise
+    cc = stream.codec_context
+    return VideoInfo(
+        width=first.width,
+        height=first.height,
+        time_base=tb,
+        average_rate=Fraction(rate) if rate else None,
+        frames=frames,
+        duration=duration,
+        codec_name=cc.name,
+        pix_fmt=first.format.name,
+        # The first frame's tags are what the decoder really reports (the stream's parameters
+        # can be unset for codecs that carry them in the bitstream only).
+        color_range=_tag(first.color_range, cc.color_range, unspecified=0),
+        color_space=_tag(first.colorspace, cc.colorspace, unspecified=2),
+        color_primaries=_tag(first.color_primaries, cc.color_primaries, unspecified=2),
+        color_trc=_tag(first.color_trc, cc.color_trc, unspecified=2),
+        has_audio=bool(container.streams.audio),
+    )
+
+
+def _tag(frame_value, stream_value, unspecified: int) -> Optional[int]:
+    """A colour tag as an int, None when FFmpeg says "unspecified" (or "reserved", 0 and 3)."""
+    for value in (frame_value, stream_value):
+        value = int(value) if value is not None else unspecified
+        if value != unspecified and not (unspecified == 2 and value in (0, 3)):
+            return value
+    return None
+
+
+class PyAVSource(VideoSource):
+    """Decodes the first video stream of anything FFmpeg opens, with threaded decoding."""
+
+    def __init__(self, path: str, options: Optional[dict] = None) -> None:
+        super().__init__()
+        self.path = path
+        shown = display_path(path)
+        try:
+            self._container = av.open(path, "r", options=options or {})
+        except (av.FFmpegError, OSError) as err:
+            raise UsageError(f"cannot read {shown} as a video file: {describe_av_error(err)}") from None
+        try:
+            if not self._container.streams.video:
+                raise UsageError(f"no video stream in {shown}")
+            self._stream = self._container.streams.video[0]
+            # AUTO = frame and slice threads: decoding keeps up with the model without our help.
+            self._stream.thread_type = "AUTO"
+            self._stream.thread_count = 0
+            self._decoded = self._container.decode(self._stream)
+            try:
+                first = next(self._decoded)
+            except StopIteration:
+                raise UsageError(f"no decodable video frame in {shown}") from None
+            except (av.FFmpegError, ValueError) as err:
+                raise UsageError(f"cannot decode the video in {shown}: {describe_av_error(err)}") from None
+            self.info = _video_info(self._container, self._stream, first)
+        except BaseException:
+            self._container.close()
+            raise
+        self._first: Optional[av.VideoFrame] = first
+        self._pts = PtsRepair(self.info.time_base, self.info.average_rate)
+
+    def _frames(self) -> Iterator[Frame]:
+        index = 0
+        tb = self.info.time_base
+        try:
+            while True:
+                if self._first is not None:
+                    vf, self._first = self._first, None
+                else:
+                    try:
+                        vf = next(self._decoded)
+                    except StopIteration:
+                        break
+                    except av.FFmpegError as err:
+                        raise ProcessingError(
+                            f"decoding {display_path(self.path)} failed at frame {index}: "
+                            f"{describe_av_error(err)}") from None
+                # to_ndarray converts with the frame's own matrix and range tags.
+                image = vf.to_ndarray(format="rgb24")
+                yield Frame(index=index, pts=self._pts(vf.pts), time_base=tb, image=image)
+                index += 1
+        finally:
+            if self._pts.repaired:
+                log.warning("%s: %d frame(s) had missing or non-increasing timestamps; "
+                            "synthesised them", display_path(self.path), self._pts.repaired)
+
+    def _close(self) -> None:
+        self._first = None
+        self._container.close()
+
+
+# --- decord --------------------------------------------------------------------------------------
+
+# Codecs decord's bundled FFmpeg (4.x) cannot decode: the file is read with PyAV instead.
+_DECORD_UNSUPPORTED = {"av1", "libdav1d", "libaom-av1"}
+
+
+def _decord_or_fallback(probe: PyAVSource) -> VideoSource:
+    """A :class:`DecordSource` for ``probe``'s file, or ``probe`` itself (with a warning) where
+    decord cannot read the file. ``probe`` has already validated the file and knows its info."""
+    shown = display_path(probe.path)
+    if probe.info.codec_name in _DECORD_UNSUPPORTED:
+        log.warning("decord cannot decode %s video: reading %s with PyAV instead",
+                    probe.info.codec_name, shown)
+        return probe
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        probe.close()
+        raise UsageError("decoder 'decord' is not installed: pip install 'nystra-stream[decord]' "
+                         "(or use the default decoder, pyav)") from None
+    try:
+        source = DecordSource(probe.path, probe.info)
+    except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
+        log.warning("decord cannot read %s (%s): using PyAV instead", shown, " ".join(str(err).split())[:200])
+        return probe
+    probe.close()
+    return source
+
+
+def presentation_pts(path: str) -> Iterator[Optional[int]]:
+    """The video packets' pts in presentation order, read by demuxing only (no decoding).
+
+    Packets arrive in decode order; a small heap re-sorts them (B-frame reordering is far
+    shallower than the window)."""
+    import heapq
+
+    window = 32
+    heap: list = []
+    with av.open(path) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.pts is None:
+                if packet.size:
+                    yield None
+                continue
+            heapq.heappush(heap, packet.pts)
+            if len(heap) > window:
+                yield heapq.heappop(heap)
+    while heap:
+        yield heapq.heappop(heap)
+
+
+class DecordSource(VideoSource):
+    """Frames decoded by decord (sequentially, in its own threads); pts from the container's
+    packets (exact, where decord's float32 timestamps would drift on long files)."""
+
+    def __init__(self, path: str, info: VideoInfo) -> None:
+        super().__init__()
+        import decord
+
+        self.path = path
+        self.info = info
+        self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+        if len(self._reader) == 0:
+            raise RuntimeError("no frames")
+
+    def _frames(self) -> Iterator[Frame]:
+        repair = PtsRepair(self.info.time_base, self.info.average_rate)
+        pts_iter = presentation_pts(self.path)
+        try:
+            for index in range(len(self._reader)):
+                try:
+                    image = self._reader.next().asnumpy()
+                except StopIteration:
+                    break
+                except Exception as err:
+                    reason = " ".join(str(err).split())[:200]
+                    raise ProcessingError(f"decord failed at frame {index} of {display_path(self.path)}: "
+                                          f"{reason}") from None
+                yield Frame(index=index, pts=repair(next(pts_iter, None)), time_base=self.info.time_base,
+                            image=image)
+        finally:
+            pts_iter.close()
+
+    def _close(self) -> None:
+        self._reader = None
