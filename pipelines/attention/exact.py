@@ -1,0 +1,78 @@
+"""Exact window attention through ``F.scaled_dot_product_attention``.
+
+PyTorch's fused CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``) is 2-4x faster
+than the math fallback, but it is only chosen for 4-D ``(B, H, N, d)`` inputs whose additive
+mask is 2-D or 4-D with each leading dim either 1 or equal to the inputs' (a 3-D mask, 5-D
+inputs, or a mask that requires grad fall back to the math path). Broadcast (stride-0) and
+transposed masks are fine. So window attention's shapes are folded into that form here: e.g.
+shifted windows, q ``(B, nW, heads, N, d)`` with bias ``(nW, heads, N, N)``, become
+``(B, nW*heads, N, d)`` with mask ``(1, nW*heads, N, N)`` — or, for B = 1,
+``(nW, heads, N, d)`` with mask ``(nW, heads, N, N)``, which keeps q, k, v as views.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _fold(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Reshape ``(*lead, N, d)`` inputs and their bias to the 4-D form the fused kernel takes."""
+    lead = tuple(q.shape[:-2]) or (1,)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+
+    def four_d(x: Tensor, batch: int, heads: int) -> Tensor:
+        return x.reshape(batch, heads, *x.shape[-2:])
+
+    if bias is None:
+        batch, heads = math.prod(lead[:-1]), lead[-1]
+        return four_d(q, batch, heads), four_d(k, batch, heads), four_d(v, batch, heads), None
+    if bias.dim() - 2 > len(lead):
+        raise ValueError(f"bias {tuple(bias.shape)} has more leading dims than q {tuple(q.shape)}")
+    blead = (1,) * (len(lead) + 2 - bias.dim()) + tuple(bias.shape[:-2])
+    if any(b not in (1, n) for b, n in zip(blead, lead)):
+        raise ValueError(f"bias {tuple(bias.shape)} does not broadcast to q {tuple(q.shape)}")
+
+    def broadcast_in(part: slice) -> Optional[bool]:
+        """False: bias is full over these dims; True: broadcast over all; None: mixed."""
+        if all(b == 1 for b in blead[part]):
+            return True
+        if all(b == n for b, n in zip(blead[part], lead[part])):
+            return False
+        return None
+
+    # Split the leading dims into (batch | heads) so that the bias is full or broadcast over
+    # each part; try "heads = last dim only" first since it keeps q, k, v views.
+    for split in range(len(lead) - 1, -1, -1):
+        pre, post = broadcast_in(slice(0, split)), broadcast_in(slice(split, None))
+        if pre is not None and post is not None:
+            break
+    else:  # mixed pattern such as (nW, 1) against (B, nW, heads): materialise the bias
+        bias = bias.expand(lead + (n_q, n_k))
+        split, pre, post = len(lead) - 1, False, False
+    batch, heads = math.prod(lead[:split]), math.prod(lead[split:])
+    mask = bias.reshape(1 if pre else batch, 1 if post else heads, n_q, n_k)
+    return four_d(q, batch, heads), four_d(k, batch, heads), four_d(v, batch, heads), mask
+
+
+def exact_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``softmax(q kᵀ + bias) v`` over the last two dims (q already scaled).
+
+    q, k, v: ``(*lead, N, d)`` with any number of leading dims (e.g. ``(B, nW, heads)``);
+    bias: additive float (or boolean keep-) mask broadcastable to ``(*lead, N, N)``.
+    Returns ``(*lead, N, d)``.
+    """
+    if bias is not None and bias.dtype != torch.bool and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)
+    if q.dim() == 4 and (
+        bias is None
+        or bias.dim() == 2
+        or (bias.dim() == 4 and all(b in (1, n) for b, n in zip(bias.shape[:2], q.shape[:2])))
+    ):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    out_shape = tuple(q.shape[:-1]) + (v.shape[-1],)
+    q4, k4, v4, mask = _fold(q, k, v, bias)
+    return F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, scale=1.0).reshape(out_shape)
