@@ -39,7 +39,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
                 "(only weights-only checkpoints are loaded)"
             ) from None
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({first})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # a non-checkpoint file can break the unpickler in many ways (IndexError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({first})") from None
 

@@ -1,0 +1,586 @@
+"""SwinIR (Liang et al., 2021): image SR, denoising and JPEG artefact removal.
+
+Every official variant: classical SR (``pixelshuffle``), lightweight SR
+(``pixelshuffledirect``), real-world SR (``nearest+conv``, ``1conv``/``3conv``), grey/colour
+denoising and JPEG CAR (no upsampler). Submodule, parameter and buffer names are those of the
+official checkpoints (``relative_position_index`` and ``attn_mask`` included), so released
+files load strictly; the forward follows the official one (reflect padding to a window
+multiple, ``img_range`` scaling around the mean, crop back). Attention itself is delegated to
+:class:`~pipelines.attention.WindowAttentionBase` (exact / Nystrom / auto).
+
+Inference layout (the non-attention work bounds the speed-up, so it is kept to the matmuls):
+tokens stay ``(B, H, W, C)`` between blocks, which the RSTB convolutions read as a channels-last
+image without copying; cyclic shift + window partition is one gather of the C-wide tokens
+before ``qkv`` (never a copy of the 3C-wide qkv output), q/k/v are strided views, and the
+inverse gather after ``proj`` undoes both.
+
+Choices beyond the official code (documented here because checkpoints cannot say them):
+
+* ``img_range`` is not stored in checkpoints. The released JPEG CAR models are the only ones
+  with window 7 and the only ones trained with ``img_range=255``, so window 7 means 255,
+  anything else 1.0; ``from_state_dict(..., img_range=...)`` overrides it.
+* ``window=W`` (:meth:`SwinIR.resize_window`) runs a checkpoint at another window size, as the
+  PnP-Nystra paper runs SwinIR at window 32: the bias tables are resized bicubically, the
+  index is rebuilt, and every block uses window W with shift W//2 on odd blocks, even when W
+  is not smaller than ``img_size`` (the official construction rule would then drop the shift
+  and shrink the window, which would make the resize meaningless). Stored ``attn_mask``
+  buffers are dropped: masks are then always built for the padded input size (they are a
+  function of geometry only, and storing them for ``img_size`` at W=64 would cost GBs).
+* Padding: reflect as the official code; where reflect cannot pad that far (pad >= size, e.g.
+  a 20-pixel-high input at window 64) the mirror pattern continues periodically
+  (``abcdcbabcd...``), which equals reflect wherever reflect is defined.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention.module import WindowAttentionBase
+from ..attention.workspace import scratch
+from ..errors import CheckpointError
+from .base import ModelInfo
+
+NAME = "swinir"
+
+_TABLE_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn\.relative_position_bias_table$")
+_MASK_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn_mask$")
+_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
+_MASKED = -100.0                        # the official shift-mask value (not -inf)
+
+
+@dataclass
+class SwinIRConfig:
+    """The official constructor's hyper-parameters (same names)."""
+
+    img_size: int = 64
+    in_chans: int = 3
+    embed_dim: int = 96
+    depths: Tuple[int, ...] = (6, 6, 6, 6)
+    num_heads: Tuple[int, ...] = (6, 6, 6, 6)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    upscale: int = 2
+    img_range: float = 1.0
+    upsampler: str = ""  # pixelshuffle | pixelshuffledirect | nearest+conv | "" (denoise / CAR)
+    resi_connection: str = "1conv"  # 1conv | 3conv
+    patch_norm: bool = True
+    ape: bool = False
+    num_feat: int = 64
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(int(d) for d in self.depths)
+        self.num_heads = tuple(int(h) for h in self.num_heads)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def relative_position_index(window: int) -> Tensor:
+    """``(N, N)`` index into the ``(2w-1)**2`` bias table for every query/key pair of a window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    delta = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), offsets made >= 0
+    return delta[0] * (2 * window - 1) + delta[1]
+
+
+@functools.lru_cache(maxsize=32)
+def _window_regions(window: int, shift: int, height: int, width: int, device: torch.device) -> Tensor:
+    """``(nW, N)`` region id of every token of every window after the cyclic shift.
+
+    Tokens of different regions were not neighbours before the roll, so they must not attend
+    to each other. Small (one int per token), so cached per padded size.
+    """
+
+    def bands(n: int) -> Tensor:
+        ids = torch.zeros(n, dtype=torch.int64, device=device)
+        ids[n - window:] = 1
+        ids[n - shift:] = 2
+        return ids
+
+    regions = bands(height)[:, None] * 3 + bands(width)[None, :]
+    regions = regions.view(height // window, window, width // window, window).transpose(1, 2)
+    return regions.reshape(-1, window * window)
+
+
+@functools.lru_cache(maxsize=32)
+def window_token_order(window: int, shift: int, height: int, width: int,
+                       device: torch.device) -> Optional[Tuple[Tensor, Tensor]]:
+    """Where each window token comes from: ``(order, inverse)`` over the ``H*W`` tokens.
+
+    ``tokens[:, order]`` is the cyclic roll by ``-shift`` followed by the window partition
+    (windows row-major, tokens row-major inside each), in one gather; ``[:, inverse]`` undoes
+    both. None when the result is the identity (no shift, windows as wide as the map).
+    """
+    if shift == 0 and window == width:
+        return None
+    rows = (torch.arange(height, device=device) + shift) % height
+    cols = (torch.arange(width, device=device) + shift) % width
+    source = rows[:, None] * width + cols[None, :]
+    order = source.view(height // window, window, width // window, window).transpose(1, 2).reshape(-1)
+    return order, torch.argsort(order)
+
+
+@functools.lru_cache(maxsize=2)
+def shift_mask(window: int, shift: int, height: int, width: int, device=None) -> Tensor:
+    """The official ``(nW, N, N)`` shifted-window mask (0 / -100) for a padded feature size.
+
+    Built once per size and shared by every shifted block (read-only: callers add it to their
+    bias). Only the latest two sizes are kept: at window 64 a mask is hundreds of MB.
+    """
+    regions = _window_regions(window, shift, height, width, torch.device(device or "cpu"))
+    return (regions[:, None, :] != regions[:, :, None]).float() * _MASKED
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad bottom/right to a multiple: reflect (official), mirrored periodically if pad >= size."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    if pad_h < height and pad_w < width:
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+    return x.index_select(-2, _mirror_index(height, height + pad_h, x.device)).index_select(
+        -1, _mirror_index(width, width + pad_w, x.device))
+
+
+def _mirror_index(size: int, total: int, device: torch.device) -> Tensor:
+    if size == 1:
+        return torch.zeros(total, dtype=torch.int64, device=device)
+    period = 2 * (size - 1)
+    pos = torch.arange(total, device=device) % period
+    return torch.where(pos < size, pos, period - pos)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference temporaries: large activations go into reused per-thread buffers, because a fresh
+# multi-MB CPU tensor costs page faults on every call (~20% of the qkv matmul's time).
+
+
+def _buffer(role: str, shape: Tuple[int, ...], like: Tensor) -> Optional[Tensor]:
+    """A reused buffer for a temporary that dies inside the block; None while autograd records."""
+    if torch.is_grad_enabled():
+        return None
+    return scratch("swinir." + role, shape, like.dtype, like.device)
+
+
+def _linear(layer: nn.Linear, x: Tensor, role: str) -> Tensor:
+    """``layer(x)`` (the same kernel), written into the ``role`` buffer in inference."""
+    out = _buffer(role, tuple(x.shape[:-1]) + (layer.out_features,), x)
+    if out is None:
+        return layer(x)
+    flat, out_flat = x.reshape(-1, x.shape[-1]), out.view(-1, layer.out_features)
+    if layer.bias is None:
+        torch.mm(flat, layer.weight.t(), out=out_flat)
+    else:
+        torch.addmm(layer.bias, flat, layer.weight.t(), out=out_flat)
+    return out
+
+
+def _gather(tokens: Tensor, index: Tensor, role: str) -> Tensor:
+    out = _buffer(role, tuple(tokens.shape), tokens)
+    return tokens.index_select(1, index) if out is None else torch.index_select(tokens, 1, index, out=out)
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer parts
+
+
+class WindowAttention(WindowAttentionBase):
+    """Multi-head self-attention inside (shifted) windows, with a relative position bias."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.window_size = window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def relative_position_bias(self) -> Tensor:
+        """``(heads, N, N)`` bias gathered from the table (only on a bias-cache miss)."""
+        n = self.window_size ** 2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1).contiguous()
+
+    @torch.no_grad()
+    def resize_window(self, window: int) -> None:
+        """Bicubically resample the bias table to ``(2W-1)**2`` entries and rebuild the index."""
+        table = self.relative_position_bias_table
+        old, new = 2 * self.window_size - 1, 2 * window - 1
+        grid = table.float().t().reshape(1, self.num_heads, old, old)
+        grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+        resized = grid.reshape(self.num_heads, new * new).t().contiguous().to(table.dtype)
+        self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
+        self.relative_position_index = relative_position_index(window).to(table.device)
+        self.window_size = window
+
+    def forward(self, windows: Tensor, feature_size: Tuple[int, int], shift: int = 0,
+                mask: Optional[Callable[[], Tensor]] = None) -> Tensor:
+        """``windows``: ``(B, nW*N, C)`` tokens in window order (see ``window_token_order``)
+        of a ``feature_size`` map; returns the same layout."""
+        batch, tokens, channels = windows.shape
+        ws, heads, hd = self.window_size, self.num_heads, self.head_dim
+        n = ws * ws
+        # q, k, v as strided views (B, nW, heads, N, d) of the qkv output: no copy here.
+        qkv = _linear(self.qkv, windows, "qkv").view(batch, tokens // n, n, 3, heads, hd)
+        qkv = qkv.permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q.mul_(self.scale) if not torch.is_grad_enabled() else q * self.scale
+
+        def make_bias() -> Tensor:
+            bias = self.relative_position_bias()
+            if mask is None:
+                return bias                                      # (heads, N, N)
+            return bias.unsqueeze(0) + mask().to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
+
+        out = self.attend(q, k, v, grid=(ws, ws), make_bias=make_bias,
+                          bias_key=("swin", ws, shift) + tuple(feature_size))
+        # (``windows`` is dead by now: its buffer takes the projection.)
+        return _linear(self.proj, out.transpose(2, 3).reshape(batch, tokens, channels), "windows")
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return self.fc2(self.act(self.fc1(x)))
+        hidden = _linear(self.fc1, x, "hidden")
+        torch.ops.aten.gelu_(hidden)  # nn.GELU's exact (erf) form, in place
+        return _linear(self.fc2, hidden, "windows")
+
+
+class SwinTransformerBlock(nn.Module):
+    """(Shifted-)window attention + MLP, both pre-norm residual, on ``(B, H, W, C)`` tokens."""
+
+    def __init__(self, dim: int, img_size: int, num_heads: int, window_size: int, shift_size: int,
+                 mlp_ratio: float, qkv_bias: bool) -> None:
+        super().__init__()
+        self.img_size = img_size
+        if img_size <= window_size:  # official rule: one window covers the training crop
+            window_size, shift_size = img_size, 0
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio + 1e-6))
+        # (a copy: loading a checkpoint writes into it, and the cached mask must stay exact)
+        stored = shift_mask(window_size, shift_size, img_size, img_size).clone() if shift_size > 0 else None
+        self.register_buffer("attn_mask", stored)
+
+    def set_window(self, window: int, shift: int) -> None:
+        self.attn.resize_window(window)
+        self.window_size, self.shift_size = window, shift
+        self.attn_mask = None  # masks now always come from the geometry (see module docstring)
+
+    def _mask_source(self, height: int, width: int, device: torch.device) -> Callable[[], Tensor]:
+        ws, shift = self.window_size, self.shift_size
+        if self.attn_mask is not None and (height, width) == (self.img_size, self.img_size):
+            stored = self.attn_mask
+            return lambda: stored  # the official code uses the stored mask at the training size
+        return lambda: shift_mask(ws, shift, height, width, device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, height, width, channels = x.shape
+        shift = self.shift_size
+        # Roll + window partition in one gather, and its inverse after attention.
+        order = window_token_order(self.window_size, shift, height, width, x.device)
+        y = self.norm1(x).view(batch, height * width, channels)
+        if order is not None:
+            y = _gather(y, order[0], "windows")
+        mask = self._mask_source(height, width, x.device) if shift else None
+        y = self.attn(y, (height, width), shift, mask)
+        if order is not None:
+            y = _gather(y, order[1], "unwindowed")
+        x = x + y.view(batch, height, width, channels)
+        # (B, H*W, C) view: the MLP's output shares the attention's reused buffer.
+        return x + self.mlp(self.norm2(x).view(batch, height * width, channels)).view_as(x)
+
+    def extra_repr(self) -> str:
+        return f"window_size={self.window_size}, shift_size={self.shift_size}"
+
+
+class BasicLayer(nn.Module):
+    def __init__(self, blocks: List[SwinTransformerBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _residual_conv(dim: int, kind: str) -> nn.Module:
+    """The conv closing each RSTB and the body: one 3x3 conv, or a cheap 3-conv bottleneck."""
+    if kind == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if kind == "3conv":
+        return nn.Sequential(nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+                             nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
+                             nn.Conv2d(dim // 4, dim, 3, 1, 1))
+    raise ValueError(f"unknown resi_connection {kind!r}")
+
+
+def _conv_tokens(conv: nn.Module, x: Tensor) -> Tensor:
+    """Apply an image conv to ``(B, H, W, C)`` tokens: both permutes are free (channels-last)."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class RSTB(nn.Module):
+    """Residual Swin Transformer Block: blocks, a conv, and a skip connection."""
+
+    def __init__(self, config: SwinIRConfig, num_heads: int, depth: int) -> None:
+        super().__init__()
+        c = config
+        self.residual_group = BasicLayer([
+            SwinTransformerBlock(c.embed_dim, c.img_size, num_heads, c.window_size,
+                                 0 if i % 2 == 0 else c.window_size // 2, c.mlp_ratio, c.qkv_bias)
+            for i in range(depth)])
+        self.conv = _residual_conv(c.embed_dim, c.resi_connection)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _conv_tokens(self.conv, self.residual_group(x)) + x
+
+
+class PatchEmbed(nn.Module):
+    """Patch size 1: only the optional token norm holds weights (``patch_embed.norm``)."""
+
+    def __init__(self, dim: int, norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.norm is not None else x
+
+
+class Upsample(nn.Sequential):
+    """Conv + PixelShuffle stages: log2(scale) x2-stages for powers of two, one x3 stage for 3."""
+
+    def __init__(self, scale: int, num_feat: int) -> None:
+        if scale & (scale - 1) == 0:
+            factors = [2] * int(math.log2(scale))
+        elif scale == 3:
+            factors = [3]
+        else:
+            raise ValueError(f"scale {scale} is not supported (powers of 2 and 3)")
+        layers: List[nn.Module] = []
+        for f in factors:
+            layers += [nn.Conv2d(num_feat, f * f * num_feat, 3, 1, 1), nn.PixelShuffle(f)]
+        super().__init__(*layers)
+
+
+class SwinIR(nn.Module):
+    """SwinIR: shallow conv, residual Swin transformer groups, task-specific reconstruction."""
+
+    def __init__(self, config: SwinIRConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.upscale, self.upsampler, self.img_range = c.upscale, c.upsampler, c.img_range
+        self.window_size = c.window_size  # the padding multiple; changes with resize_window
+        mean = torch.tensor(_RGB_MEAN) if c.in_chans == 3 else torch.zeros(1)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+
+        self.conv_first = nn.Conv2d(c.in_chans, c.embed_dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(c.embed_dim, c.patch_norm)
+        if c.ape:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, c.img_size * c.img_size, c.embed_dim))
+        self.layers = nn.ModuleList(RSTB(c, h, d) for d, h in zip(c.depths, c.num_heads))
+        self.norm = nn.LayerNorm(c.embed_dim)
+        self.conv_after_body = _residual_conv(c.embed_dim, c.resi_connection)
+
+        out_ch, feat = c.in_chans, c.num_feat
+        if c.upsampler == "pixelshuffle":
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(c.embed_dim, feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.upsample = Upsample(c.upscale, feat)
+            self.conv_last = nn.Conv2d(feat, out_ch, 3, 1, 1)
+        elif c.upsampler == "pixelshuffledirect":
+            self.upsample = nn.Sequential(nn.Conv2d(c.embed_dim, c.upscale ** 2 * out_ch, 3, 1, 1),
+                                          nn.PixelShuffle(c.upscale))
+        elif c.upsampler == "nearest+conv":
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(c.embed_dim, feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_up1 = nn.Conv2d(feat, feat, 3, 1, 1)
+            if c.upscale == 4:
+                self.conv_up2 = nn.Conv2d(feat, feat, 3, 1, 1)
+            self.conv_hr = nn.Conv2d(feat, feat, 3, 1, 1)
+            self.conv_last = nn.Conv2d(feat, out_ch, 3, 1, 1)
+            self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+        elif c.upsampler == "":
+            self.conv_last = nn.Conv2d(c.embed_dim, out_ch, 3, 1, 1)
+        else:
+            raise ValueError(f"unknown upsampler {c.upsampler!r}")
+        self.info = self._make_info()
+
+    def _make_info(self) -> ModelInfo:
+        c = self.config
+        task = "sr" if c.upscale > 1 else ("car" if c.window_size == 7 else "denoise")
+        return ModelInfo(arch=NAME, task=task, scale=c.upscale, in_channels=c.in_chans,
+                         size_multiple=self.window_size)
+
+    def resize_window(self, window: int) -> "SwinIR":
+        """Run at window ``window`` (see the module docstring for what changes)."""
+        if int(window) != window or window < 2:
+            raise ValueError(f"window must be an integer >= 2, got {window!r}")
+        window = int(window)
+        for layer in self.layers:
+            for i, block in enumerate(layer.residual_group.blocks):
+                block.set_window(window, 0 if i % 2 == 0 else window // 2)
+        self.window_size = window
+        self.info = replace(self.info, size_multiple=window)
+        return self
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        tokens = self.patch_embed(x.permute(0, 2, 3, 1))
+        if self.config.ape:
+            tokens = tokens + self.absolute_pos_embed.view(1, *tokens.shape[1:])
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return self.norm(tokens).permute(0, 3, 1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        x = pad_to_multiple(x, self.window_size).contiguous(memory_format=torch.channels_last)
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.img_range
+        if self.upsampler == "":
+            feat = self.conv_first(x)
+            x = x + self.conv_last(self.conv_after_body(self.forward_features(feat)) + feat)
+        else:
+            feat = self.conv_first(x)
+            feat = self.conv_after_body(self.forward_features(feat)) + feat
+            if self.upsampler == "pixelshuffle":
+                x = self.conv_last(self.upsample(self.conv_before_upsample(feat)))
+            elif self.upsampler == "pixelshuffledirect":
+                x = self.upsample(feat)
+            else:  # nearest+conv
+                feat = self.conv_before_upsample(feat)
+                feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+                if self.upscale == 4:
+                    feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+                x = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        x = x / self.img_range + mean
+        return x[..., :height * self.upscale, :width * self.upscale]
+
+
+# --------------------------------------------------------------------------------------------
+# Registry protocol: recognise a state dict, infer its config, build and load it
+
+
+def matches(state_dict: Mapping[str, Tensor]) -> bool:
+    return ("conv_first.weight" in state_dict
+            and "layers.0.residual_group.blocks.0.attn.relative_position_bias_table" in state_dict)
+
+
+def _window_from_table(rows: int, key: str) -> int:
+    side = math.isqrt(rows)
+    if side * side != rows or side % 2 == 0:
+        raise CheckpointError(f"{key} has {rows} rows, not (2w-1)**2 for a window w")
+    return (side + 1) // 2
+
+
+def infer_config(state_dict: Mapping[str, Tensor], img_range: Optional[float] = None) -> SwinIRConfig:
+    """Every hyper-parameter from key names and shapes (``img_range``: see module docstring)."""
+    sd = state_dict
+    try:
+        embed_dim, in_chans = sd["conv_first.weight"].shape[:2]
+        tables: Dict[int, Dict[int, Tensor]] = {}
+        for key, value in sd.items():
+            found = _TABLE_KEY.match(key)
+            if found:
+                tables.setdefault(int(found[1]), {})[int(found[2])] = value
+        if sorted(tables) != list(range(len(tables))):
+            raise CheckpointError("SwinIR checkpoint has gaps in its layer numbering")
+        depths = tuple(len(tables[i]) for i in range(len(tables)))
+        num_heads = tuple(tables[i][0].shape[1] for i in range(len(tables)))
+        windows = {_window_from_table(t.shape[0], "relative_position_bias_table")
+                   for blocks in tables.values() for t in blocks.values()}
+        if len(windows) != 1:
+            raise CheckpointError(f"SwinIR checkpoint mixes window sizes {sorted(windows)}")
+        window = windows.pop()
+
+        masks = [v for k, v in sd.items() if _MASK_KEY.match(k)]
+        if masks:  # (nW, N, N) for the square img_size grid
+            per_side = math.isqrt(masks[0].shape[0])
+            if per_side * per_side != masks[0].shape[0]:
+                raise CheckpointError("SwinIR attn_mask does not describe a square img_size")
+            img_size = per_side * window
+        elif max(depths) > 1:
+            img_size = window  # shifted blocks without a mask: the img_size <= window rule fired
+        else:
+            img_size = max(64, 2 * window)  # never shifts: img_size only must not trigger the rule
+
+        hidden = sd["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+        if "conv_after_body.weight" in sd:
+            resi = "1conv"
+        elif "conv_after_body.0.weight" in sd:
+            resi = "3conv"
+        else:
+            raise CheckpointError("SwinIR checkpoint has no conv_after_body")
+
+        num_feat = 64
+        if "conv_up1.weight" in sd:
+            upsampler, upscale = "nearest+conv", 4 if "conv_up2.weight" in sd else 2
+            num_feat = sd["conv_up1.weight"].shape[0]
+        elif "conv_before_upsample.0.weight" in sd:
+            upsampler = "pixelshuffle"
+            num_feat = sd["conv_before_upsample.0.weight"].shape[0]
+            stages = [k for k in sd if re.fullmatch(r"upsample\.\d+\.weight", k)]
+            first = sd["upsample.0.weight"].shape[0]
+            upscale = 3 if len(stages) == 1 and first == 9 * num_feat else 2 ** len(stages)
+        elif "upsample.0.weight" in sd:
+            upsampler = "pixelshuffledirect"
+            upscale = math.isqrt(sd["upsample.0.weight"].shape[0] // in_chans)
+        else:
+            upsampler, upscale = "", 1
+    except KeyError as err:
+        raise CheckpointError(f"SwinIR checkpoint is missing {err.args[0]}") from None
+
+    return SwinIRConfig(
+        img_size=img_size, in_chans=int(in_chans), embed_dim=int(embed_dim), depths=depths,
+        num_heads=num_heads, window_size=window, mlp_ratio=hidden / embed_dim,
+        qkv_bias="layers.0.residual_group.blocks.0.attn.qkv.bias" in sd, upscale=upscale,
+        img_range=float(img_range) if img_range is not None else (255.0 if window == 7 else 1.0),
+        upsampler=upsampler, resi_connection=resi, patch_norm="patch_embed.norm.weight" in sd,
+        ape="absolute_pos_embed" in sd, num_feat=int(num_feat))
+
+
+def _check_keys(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
+    """One-line error instead of torch's multi-line strict-load message."""
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in sd]
+    problems += [f"unexpected {k}" for k in sd if k not in expected]
+    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
+                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError("SwinIR checkpoint does not match its inferred architecture: "
+                              + "; ".join(problems[:3]) + more)
+
+
+def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = None,
+                    img_range: Optional[float] = None) -> SwinIR:
+    """Build the model a state dict describes, load it strictly, optionally resize its window."""
+    model = SwinIR(infer_config(state_dict, img_range=img_range))
+    _check_keys(model, state_dict)
+    model.load_state_dict(state_dict, strict=True)
+    if window is not None:
+        model.resize_window(window)
+    return model

@@ -1,0 +1,72 @@
+"""``load_model`` on files that are not usable checkpoints: one clear line, never a traceback dump."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines import CheckpointError, load_model
+from pipelines.models.swinir import SwinIR, SwinIRConfig
+
+SMALL = SwinIRConfig(img_size=16, embed_dim=12, depths=(2,), num_heads=(2,), window_size=8,
+                     mlp_ratio=2, upscale=2, upsampler="pixelshuffle")
+
+
+def load_error(path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_state_dict_of_another_network(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"params": {"fc.weight": torch.zeros(4, 4), "fc.bias": torch.zeros(4)}}, path)
+    assert "not a checkpoint of a supported architecture" in load_error(path)
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("these are not weights\nsecond line\n")
+    assert "not a PyTorch checkpoint" in load_error(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    assert "empty" in load_error(path)
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in load_error(tmp_path / "absent.pth")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "code.pth"
+    torch.save({"params": SwinIRConfig()}, path)  # an arbitrary Python object, not tensors
+    assert "refusing to load" in load_error(path)
+
+
+def test_swinir_with_a_missing_weight(tmp_path):
+    sd = SwinIR(SMALL).state_dict()
+    del sd["layers.0.residual_group.blocks.1.attn.qkv.weight"]
+    path = tmp_path / "broken.pth"
+    torch.save({"params": sd}, path)
+    message = load_error(path)
+    assert "SwinIR" in message and "layers.0.residual_group.blocks.1.attn.qkv.weight" in message
+
+
+def test_swinir_with_a_wrong_shape(tmp_path):
+    sd = SwinIR(SMALL).state_dict()
+    sd["norm.weight"] = torch.ones(13)
+    path = tmp_path / "broken.pth"
+    torch.save(sd, path)
+    assert "norm.weight has shape (13,)" in load_error(path)
+
+
+def test_swinir_with_an_inconsistent_window(tmp_path):
+    sd = SwinIR(SMALL).state_dict()
+    sd["layers.0.residual_group.blocks.1.attn.relative_position_bias_table"] = torch.zeros(50, 2)
+    path = tmp_path / "broken.pth"
+    torch.save(sd, path)
+    assert "relative_position_bias_table" in load_error(path)
