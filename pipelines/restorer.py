@@ -1,0 +1,146 @@
+"""``Restorer``: a restoration model wrapped for frames of any size.
+
+It owns everything between "uint8 pictures" and "the model's forward": the device and
+precision, conversion to float in [0, 1], padding to the model's size multiple (cropped back
+after), optional spatial tiling with overlap (blended with ramp weights, see
+:mod:`pipelines.tiling`), grey models applied channel by channel, and clips for video models.
+
+Per-frame models see ``(N, C, H, W)``; video models (``info.clip_len`` set) see one clip
+``(1, T, C, H, W)``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import tiling
+from .models.base import ModelInfo
+
+
+def describe_model(model: nn.Module) -> ModelInfo:
+    """``model.info`` if the model has one; otherwise a description found by probing
+    (a plain ``nn.Module`` from a library user: per-frame RGB, scale from one tiny forward)."""
+    info = getattr(model, "info", None)
+    if isinstance(info, ModelInfo):
+        return info
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    probe = torch.zeros(1, 3, 16, 16, device=device, dtype=dtype)
+    with torch.inference_mode():
+        out = model(probe)
+    if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[-1] % 16:
+        raise ValueError(
+            "cannot tell how to feed this model: give it an `info: ModelInfo` attribute "
+            f"(a probe of shape {tuple(probe.shape)} returned {getattr(out, 'shape', type(out))})"
+        )
+    return ModelInfo(arch=type(model).__name__, task="custom", scale=out.shape[-1] // 16)
+
+
+class Restorer:
+    """Run a model on uint8 RGB images of any size.
+
+    ``tile`` > 0 cuts frames into ``tile`` x ``tile`` pieces overlapping by ``tile_overlap``
+    pixels (for memory; the streaming pipeline tiles on its own, to spread tiles over
+    workers, and uses ``tile=0`` here).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: Union[str, torch.device] = "cpu",
+        fp16: bool = False,
+        tile: int = 0,
+        tile_overlap: int = 32,
+        info: Optional[ModelInfo] = None,
+    ) -> None:
+        if tile > 0 and not 0 <= tile_overlap < tile:
+            raise ValueError(f"tile overlap ({tile_overlap}) must be >= 0 and smaller than the tile ({tile})")
+        self.info = info or describe_model(model)
+        if self.info.needs_sigma:
+            raise NotImplementedError("models that take a noise-level channel are not supported yet")
+        if self.info.in_channels not in (1, 3):
+            raise ValueError(f"models with {self.info.in_channels} input channels are not supported")
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.model = model.eval().to(device=self.device, dtype=self.dtype)
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+
+    @property
+    def scale(self) -> int:
+        return self.info.scale
+
+    @property
+    def is_video_model(self) -> bool:
+        return self.info.clip_len is not None
+
+    # -- public entry points -------------------------------------------------------------
+
+    @torch.inference_mode()
+    def restore(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB ``(H, W, 3)`` or ``(T, H, W, 3)`` in, uint8 ``(..., H*s, W*s, 3)`` out.
+
+        ``T`` frames are a batch for a per-frame model and one clip for a video model.
+        """
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 (T, H, W, 3) or (H, W, 3) images, got {images.dtype} {images.shape}")
+        single = images.ndim == 3
+        batch = torch.from_numpy(np.ascontiguousarray(images[None] if single else images))
+        out = self.restore_uint8(batch.to(self.device)).cpu().numpy()
+        return out[0] if single else out
+
+    @torch.inference_mode()
+    def restore_uint8(self, frames: Tensor) -> Tensor:
+        """uint8 ``(T, H, W, 3)`` on any device → uint8 ``(T, H*s, W*s, 3)`` on the same
+        device. The conversions run on the device, so a GPU worker uploads bytes, not floats."""
+        x = frames.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+        y = self.restore_tensor(x)
+        return y.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().to(frames.device)
+
+    @torch.inference_mode()
+    def restore_tensor(self, x: Tensor) -> Tensor:
+        """Float ``(T, 3, H, W)`` in [0, 1] → ``(T, 3, H*s, W*s)``, tiled if ``tile`` is set."""
+        x = x.to(device=self.device, dtype=self.dtype)
+        h, w = x.shape[-2:]
+        boxes = tiling.tile_boxes(h, w, self.tile, self.tile_overlap)
+        if len(boxes) == 1:
+            return self._forward(x)
+        s = self.scale
+        out_boxes = [tiling.scale_box(b, s) for b in boxes]
+        weights = tiling.blend_weights(out_boxes, h * s, w * s)
+        # Accumulate in float32 whatever the model's precision: fp16 sums of many tiles drift.
+        acc = torch.zeros(x.shape[0], x.shape[1], h * s, w * s, device=self.device, dtype=torch.float32)
+        for (t, l, b, r), (ot, ol, ob, orr), wgt in zip(boxes, out_boxes, weights):
+            piece = self._forward(x[..., t:b, l:r]).float()
+            acc[..., ot:ob, ol:orr] += piece * torch.from_numpy(wgt).to(self.device)
+        return acc.to(self.dtype)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _forward(self, x: Tensor) -> Tensor:
+        """One model call on ``(T, 3, h, w)``: pad to the size multiple, run, crop back."""
+        padded, (h, w) = tiling.pad_to_multiple(x, self.info.size_multiple)
+        frames = padded.shape[0]
+        grey = self.info.in_channels == 1
+        if grey:  # a grey model restores each colour channel as its own image
+            padded = padded.reshape(-1, 1, *padded.shape[-2:])
+        if self.is_video_model:
+            if grey:  # (T*3, 1, h, w) -> 3 clips of T frames
+                clips = padded.reshape(frames, 3, 1, *padded.shape[-2:]).transpose(0, 1)
+                y = self.model(clips).transpose(0, 1)
+            else:
+                y = self.model(padded[None])[0]
+        else:
+            y = self.model(padded)
+        y = y.reshape(frames, 3, *y.shape[-2:])
+        s = self.scale
+        if y.shape[-2] < h * s or y.shape[-1] < w * s:
+            raise ValueError(
+                f"model output {tuple(y.shape[-2:])} is smaller than expected {(h * s, w * s)} "
+                f"for input {(h, w)} at scale {s}"
+            )
+        return y[..., : h * s, : w * s]

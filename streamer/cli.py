@@ -1,0 +1,210 @@
+"""``nystra-stream``: restore a video file from the command line.
+
+    nystra-stream INPUT OUTPUT --task denoise|deblur|sr2|sr4 [options]
+    nystra-stream models                      # list the model presets
+
+Exit codes: 0 done, 2 bad usage or input (including unusable checkpoints), 1 failure while
+processing, 130 interrupted. Errors are one line on stderr: ``nystra-stream: error: ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import List, NoReturn, Optional
+
+PROG = "nystra-stream"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage text stays behind ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.zoo import TASKS
+
+    from .pipeline import ATTENTION_MODES, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_WORKERS
+
+    p = _Parser(prog=PROG, description="Restore a video with a transformer model (PnP-Nystra attention). "
+                "Run `nystra-stream models` to list the model presets.")
+    p.add_argument("input", metavar="INPUT", help="input video file")
+    p.add_argument("output", metavar="OUTPUT", help="output video file (.mp4, .mkv, .mov, ...)")
+    g = p.add_argument_group("model")
+    g.add_argument("--task", choices=TASKS, help="what to restore; picks the bundled model for it")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="NAME", help="a model preset (see `nystra-stream models`)")
+    which.add_argument("--weights", metavar="PATH", help="a checkpoint file (.pth, .safetensors)")
+    g.add_argument("--attention", choices=ATTENTION_MODES,
+                   help="window-attention kernel (default: nystrom, or the preset's own setting)")
+    g.add_argument("--landmarks", type=int, metavar="M", help="Nystrom landmarks per window (default 16)")
+    g.add_argument("--iters", type=int, metavar="T", help="pseudo-inverse iterations (default 2)")
+    g.add_argument("--window", type=int, metavar="W", help="run the model at this attention window size")
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help=f"CPU worker processes; 0 runs the model in this process "
+                        f"(default {DEFAULT_WORKERS}, fastest on a 2-core machine)")
+    g.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="torch threads per worker (default: cores // workers, all cores for 0)")
+    g.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
+    g.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PX",
+                   help=f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE})")
+    g.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
+                   help=f"overlap between tiles (default {DEFAULT_TILE_OVERLAP})")
+    g.add_argument("--clip-len", type=int, metavar="N", help="frames per clip (video models)")
+    g.add_argument("--clip-overlap", type=int, metavar="N", help="frames shared by consecutive clips")
+    g.add_argument("--decoder", default="pyav", choices=("pyav", "decord"), help="file decoder (default pyav)")
+    g = p.add_argument_group("output")
+    g.add_argument("--codec", default="libx264", help="video encoder (default libx264)")
+    g.add_argument("--crf", type=int, metavar="Q", help="encoder quality (codec default if unset)")
+    g.add_argument("--preset", metavar="P", help="encoder speed preset (x264 names work for every codec)")
+    g.add_argument("--compare", action="store_true",
+                   help="write a side-by-side video instead: input (resized) left, result right")
+    g.add_argument("--keep-partial", action="store_true",
+                   help="on failure or Ctrl-C keep a playable file of the frames done")
+    g.add_argument("--stats", metavar="PATH", help="write run statistics as JSON")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def list_models(out=None) -> int:
+    from pipelines import zoo
+
+    out = out or sys.stdout
+    rows = [("NAME", "TASK", "ARCH", "ATTENTION", "WEIGHTS", "DESCRIPTION")]
+    for preset in zoo.presets():
+        state = "bundled" if preset.available() else "missing"
+        attention = preset.attention + (f" m={preset.landmarks} T={preset.iters}" if preset.attention != "exact" else "")
+        rows.append((preset.name, preset.task, preset.arch, attention, state, preset.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], file=out)
+    defaults = ", ".join(f"{task} -> {name}" for task, name in zoo.DEFAULT_FOR_TASK.items())
+    print(f"\n--task uses: {defaults}", file=out)
+    return 0
+
+
+def options_from_args(args: argparse.Namespace) -> dict:
+    return dict(
+        task=args.task, model=args.weights or args.model, attention=args.attention, landmarks=args.landmarks,
+        iters=args.iters, window=args.window, device=args.device, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, tile=args.tile, tile_overlap=args.tile_overlap,
+        clip_len=args.clip_len, clip_overlap=args.clip_overlap, fp16=args.fp16, codec=args.codec,
+        crf=args.crf, preset=args.preset, compare=args.compare, keep_partial=args.keep_partial,
+        decoder=args.decoder,
+    )
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _raise_interrupt(signum, frame) -> NoReturn:
+    raise KeyboardInterrupt()
+
+
+def configure_openmp() -> None:
+    """Passive OpenMP waiting for this process and its workers, unless the user set a
+    policy. Must run before torch is imported (OpenMP reads it once, when it loads); see
+    :func:`streamer.workers.passive_openmp_env` for why."""
+    if any(key in os.environ for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+        return
+    if "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    configure_openmp()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["models"] and len(argv) == 1:
+        return list_models()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
+    # SIGTERM cleans up like Ctrl-C: no worker left behind, nothing broken under OUTPUT.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from pipelines.errors import CheckpointError
+
+    from .errors import StreamerError, UsageError
+    from .pipeline import run
+
+    if args.model is not None:
+        from pipelines import zoo
+
+        if args.model not in zoo.PRESETS:
+            return _fail(f"unknown model {args.model!r} (see `{PROG} models`; use --weights for a file)", 2)
+    if args.stats and not os.path.isdir(os.path.dirname(os.path.abspath(args.stats))):
+        return _fail(f"--stats: directory does not exist: {os.path.dirname(args.stats)}", 2)
+
+    bar = _progress_bar(disable=args.quiet)
+    options = options_from_args(args)
+    options["progress"] = bar.update_to if bar is not None else None
+    stats, failure = None, None
+    try:
+        stats = run(args.input, args.output, **options)
+    except KeyboardInterrupt as err:
+        stats = getattr(err, "stats", None)
+        kept = f"; kept the {stats.frames_out} frames done in {stats.kept_partial}" \
+            if stats is not None and stats.kept_partial else "; no output written"
+        failure = (f"interrupted{kept}", 130)
+    except (UsageError, CheckpointError) as err:
+        stats, failure = getattr(err, "stats", None), (str(err), 2)
+    except StreamerError as err:
+        stats, failure = getattr(err, "stats", None), (str(err), err.exit_code)
+    except Exception as err:  # a model or library error while processing
+        stats = getattr(err, "stats", None)
+        failure = (f"processing failed: {type(err).__name__}: {err}", 1)
+    finally:
+        if bar is not None:
+            bar.close()   # before any message, so it does not share the bar's line
+    code = _fail(*failure) if failure else 0
+    if args.stats and stats is not None:
+        with open(args.stats, "w") as fh:
+            json.dump(stats.to_dict(), fh, indent=2)
+    if code == 0 and not args.quiet:
+        print(f"{PROG}: wrote {args.output}: {stats.summary()}", file=sys.stderr)
+    return code
+
+
+_BAR_KNOWN = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
+_BAR_UNKNOWN = "{desc}: {n_fmt} frames [{elapsed}, {rate_noinv_fmt}]"
+
+
+def _progress_bar(disable: bool):
+    """A tqdm bar (frames, fps, ETA) on stderr when it is a terminal; None when quiet.
+
+    The rate is always frames per second (tqdm would flip to s/frame for slow models)."""
+    if disable:
+        return None
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        def update_to(self, done: int, total: Optional[int]) -> None:
+            if total and self.total != total:
+                self.total = total
+                self.bar_format = _BAR_KNOWN
+            self.update(done - self.n)
+
+    # disable=None: tqdm shows itself only on a terminal, keeping logs and pipes clean.
+    return _Bar(unit="frame", desc=PROG, disable=None, dynamic_ncols=True, leave=False, bar_format=_BAR_UNKNOWN)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Cutting the frame stream into work items and putting the restored pieces back.
+
+- :class:`ClipWindower` groups frames into clips of ``clip_len`` frames overlapping by
+  ``clip_overlap`` (per-frame models: clips of one frame). The last clip is aligned to the end
+  of the stream, so no frame is dropped and every clip is full length (unless the whole
+  stream is shorter than one clip).
+- :class:`TileLayout` cuts a frame size into overlapping tiles and holds their blend weights
+  on the output grid (scaled by the model's factor).
+- :class:`Cutter` = windower + layout: frames in, indexed :class:`WorkItem` out.
+- :class:`Stitcher` takes results *in index order*, blends a clip's tiles with the spatial
+  ramps, blends overlapping clips with linear temporal ramps, and emits finished frames in
+  order, each paired with the source frame it restores.
+
+Padding to the model's window multiple happens per tile in :class:`pipelines.restorer.Restorer`
+(every tile is padded at its bottom/right and cropped back), so tiles here are plain boxes.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from pipelines import tiling
+from pipelines.tiling import Box
+
+from .errors import ProcessingError, UsageError
+from .frames import Clip, Frame
+
+
+@dataclass
+class WorkItem:
+    """One unit of work for a worker: a spatial tile of a clip."""
+
+    index: int            # global, consecutive: results are reordered by it
+    clip_id: int
+    clip: Clip            # stays in this process; only ``data`` travels to a worker
+    tile: int             # position of ``box`` in the layout
+    box: Box              # (top, left, bottom, right) in input pixels
+    data: np.ndarray      # (T, h, w, 3) uint8 (possibly a view into the frames)
+
+
+@dataclass
+class WorkResult:
+    item: WorkItem
+    image: np.ndarray     # (T, h*s, w*s, 3) uint8
+
+
+def check_window_options(tile: int, tile_overlap: int, clip_len: int, clip_overlap: int) -> None:
+    """Raise :class:`UsageError` for tile/clip settings that cannot work."""
+    if tile < 0:
+        raise UsageError(f"--tile must be >= 0 (0 = no tiling), got {tile}")
+    if tile_overlap < 0:
+        raise UsageError(f"--tile-overlap must be >= 0, got {tile_overlap}")
+    if tile > 0 and tile_overlap >= tile:
+        raise UsageError(f"--tile ({tile}) must be larger than --tile-overlap ({tile_overlap})")
+    if clip_len < 1:
+        raise UsageError(f"--clip-len must be >= 1, got {clip_len}")
+    if not 0 <= clip_overlap < clip_len:
+        raise UsageError(f"--clip-overlap ({clip_overlap}) must be >= 0 and smaller than --clip-len ({clip_len})")
+
+
+class ClipWindower:
+    """Frames in, clips out (streaming: memory holds at most one clip of frames)."""
+
+    def __init__(self, clip_len: int = 1, clip_overlap: int = 0) -> None:
+        if clip_len < 1 or not 0 <= clip_overlap < clip_len:
+            raise ValueError(f"bad clip settings: len {clip_len}, overlap {clip_overlap}")
+        self.clip_len = clip_len
+        self.clip_overlap = clip_overlap
+        self._recent: Deque[Frame] = deque(maxlen=clip_len)  # the last clip_len frames seen
+        self._fresh = 0          # frames seen since the last clip's end
+        self._last_end: Optional[int] = None   # index after the last emitted clip
+
+    def push(self, frame: Frame) -> Optional[Clip]:
+        self._recent.append(frame)
+        self._fresh += 1
+        first_clip = self._last_end is None
+        needed = self.clip_len if first_clip else self.clip_len - self.clip_overlap
+        if self._fresh < needed:
+            return None
+        return self._emit()
+
+    def finish(self) -> Optional[Clip]:
+        """The last clip, aligned to the end of the stream, if frames are left over."""
+        if self._fresh == 0:
+            return None
+        return self._emit()
+
+    def _emit(self) -> Clip:
+        frames = list(self._recent)
+        start = frames[0].index
+        overlap = 0 if self._last_end is None else max(0, self._last_end - start)
+        self._last_end = frames[-1].index + 1
+        self._fresh = 0
+        return Clip(frames=frames, start=start, overlap=overlap)
+
+
+class TileLayout:
+    """Tiles of one frame size: input boxes, output boxes and normalised blend weights."""
+
+    def __init__(self, height: int, width: int, tile: int, overlap: int, scale: int = 1) -> None:
+        self.height, self.width, self.scale = height, width, scale
+        self.boxes: List[Box] = tiling.tile_boxes(height, width, tile, overlap)
+        self.out_boxes: List[Box] = [tiling.scale_box(b, scale) for b in self.boxes]
+        self.weights: List[np.ndarray] = (
+            [] if len(self.boxes) == 1
+            else [w[..., None] for w in tiling.blend_weights(self.out_boxes, height * scale, width * scale)]
+        )
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def out_size(self) -> Tuple[int, int]:
+        return self.height * self.scale, self.width * self.scale
+
+
+class Cutter:
+    """Frames in, indexed work items out (clips, then tiles of each clip)."""
+
+    def __init__(self, clip_len: int = 1, clip_overlap: int = 0, tile: int = 0,
+                 tile_overlap: int = 0, scale: int = 1) -> None:
+        check_window_options(tile, tile_overlap, clip_len, clip_overlap)
+        self.windower = ClipWindower(clip_len, clip_overlap)
+        self.tile, self.tile_overlap, self.scale = tile, tile_overlap, scale
+        self.layout: Optional[TileLayout] = None
+        self._next_index = 0
+        self._next_clip = 0
+
+    def push(self, frame: Frame) -> List[WorkItem]:
+        h, w = frame.image.shape[:2]
+        if self.layout is None:
+            self.layout = TileLayout(h, w, self.tile, self.tile_overlap, self.scale)
+        elif (h, w) != (self.layout.height, self.layout.width):
+            raise ProcessingError(
+                f"frame {frame.index} is {w}x{h}, earlier frames were "
+                f"{self.layout.width}x{self.layout.height} (size changes mid-stream are not supported)"
+            )
+        return self._cut(self.windower.push(frame))
+
+    def finish(self) -> List[WorkItem]:
+        return self._cut(self.windower.finish())
+
+    def _cut(self, clip: Optional[Clip]) -> List[WorkItem]:
+        if clip is None:
+            return []
+        assert self.layout is not None
+        if len(clip.frames) == 1:
+            stack = clip.frames[0].image[None]  # a view: no copy for per-frame models
+        else:
+            stack = np.stack([f.image for f in clip.frames])
+        clip_id = self._next_clip
+        self._next_clip += 1
+        items = []
+        for k, (t, l, b, r) in enumerate(self.layout.boxes):
+            items.append(WorkItem(self._next_index, clip_id, clip, k, (t, l, b, r), stack[:, t:b, l:r]))
+            self._next_index += 1
+        return items
+
+
+class Stitcher:
+    """Ordered results in, finished ``(source frame, restored frame)`` pairs out."""
+
+    def __init__(self, layout: TileLayout) -> None:
+        self.layout = layout
+        self._clip_id: Optional[int] = None
+        self._clip: Optional[Clip] = None
+        self._tiles_seen = 0
+        self._canvas: Optional[np.ndarray] = None   # float32 accumulator of the current clip
+        self._single: Optional[np.ndarray] = None  # the one tile when the layout has one
+        # Temporal blending: the finished previous clip waits until the next clip says how
+        # many frames they share; partial sums of frames still open wait in _open.
+        self._held: Optional[Tuple[Clip, np.ndarray]] = None
+        self._open: "OrderedDict[int, List]" = OrderedDict()  # index -> [source, sum, weight]
+        self._next_index = 0
+
+    def add(self, result: WorkResult) -> List[Tuple[Frame, Frame]]:
+        item = result.item
+        if item.index != self._next_index:
+            raise ProcessingError(f"internal error: result {item.index} arrived, expected {self._next_index}")
+        self._next_index += 1
+        if item.clip_id != self._clip_id:
+            if self._clip is not None:
+                raise ProcessingError(f"internal error: clip {self._clip_id} is missing tiles")
+            self._start_clip(item)
+        self._paste(item, result.image)
+        self._tiles_seen += 1
+        if self._tiles_seen < len(self.layout):
+            return []
+        clip, restored = self._clip, self._finish_clip()
+        return self._blend_clip(clip, restored)
+
+    def finish(self) -> List[Tuple[Frame, Frame]]:
+        """Flush what is held at the end of the stream."""
+        if self._clip is not None:
+            raise ProcessingError(f"stream ended with clip {self._clip_id} incomplete")
+        out: List[Tuple[Frame, Frame]] = []
+        if self._held is not None:
+            clip, restored = self._held
+            self._held = None
+            self._accumulate(clip, restored, trail=0)
+            out = self._release(before=None)
+        return out
+
+    # -- spatial -------------------------------------------------------------------------
+
+    def _start_clip(self, item: WorkItem) -> None:
+        self._clip_id, self._clip, self._tiles_seen = item.clip_id, item.clip, 0
+        if len(self.layout) > 1:
+            h, w = self.layout.out_size
+            self._canvas = np.zeros((len(item.clip.frames), h, w, 3), np.float32)
+
+    def _paste(self, item: WorkItem, image: np.ndarray) -> None:
+        t, l, b, r = self.layout.out_boxes[item.tile]
+        expected = (len(item.clip.frames), b - t, r - l, 3)
+        if image.shape != expected:
+            raise ProcessingError(f"work item {item.index}: model returned {image.shape}, expected {expected}")
+        if self._canvas is None:
+            self._single = image
+        else:
+            self._canvas[:, t:b, l:r] += image * self.layout.weights[item.tile]
+
+    def _finish_clip(self) -> np.ndarray:
+        if self._canvas is not None:
+            restored = _to_uint8(self._canvas)
+        else:
+            restored = self._single
+        self._clip, self._clip_id, self._canvas, self._single = None, None, None, None
+        return restored
+
+    # -- temporal ------------------------------------------------------------------------
+
+    def _blend_clip(self, clip: Clip, restored: np.ndarray) -> List[Tuple[Frame, Frame]]:
+        if len(clip.frames) == 1 and self._held is None and not self._open and clip.overlap == 0:
+            # Per-frame models: nothing to blend, emit at once (no added latency).
+            return [(clip.frames[0], _restored_frame(clip.frames[0], restored[0]))]
+        out: List[Tuple[Frame, Frame]] = []
+        if self._held is not None:
+            prev, prev_restored = self._held
+            prev_end = prev.frames[-1].index + 1
+            self._accumulate(prev, prev_restored, trail=max(0, prev_end - clip.start))
+            out = self._release(before=clip.start)
+        self._held = (clip, restored)
+        return out
+
+    def _accumulate(self, clip: Clip, restored: np.ndarray, trail: int) -> None:
+        n = len(clip.frames)
+        weights = tiling.ramp(n, min(clip.overlap, n), min(trail, n))
+        for frame, image, w in zip(clip.frames, restored, weights):
+            entry = self._open.get(frame.index)
+            if entry is None:
+                self._open[frame.index] = [frame, image.astype(np.float32) * w, float(w)]
+            else:
+                entry[1] += image * w
+                entry[2] += float(w)
+
+    def _release(self, before: Optional[int]) -> List[Tuple[Frame, Frame]]:
+        out = []
+        while self._open:
+            index = next(iter(self._open))
+            if before is not None and index >= before:
+                break
+            source, total, weight = self._open.popitem(last=False)[1]
+            out.append((source, _restored_frame(source, _to_uint8(total / weight))))
+        return out
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _restored_frame(source: Frame, image: np.ndarray) -> Frame:
+    return Frame(index=source.index, pts=source.pts, time_base=source.time_base, image=image)

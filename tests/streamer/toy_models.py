@@ -1,0 +1,164 @@
+"""Small models for the streamer tests.
+
+They live in an importable module (not inside a test file) because the CPU pool's spawned
+worker processes unpickle them by class name.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipelines.models.base import ModelInfo
+
+
+class Identity(nn.Module):
+    """Returns its input (nearest-upsampled for ``scale`` > 1): restoration must be exact."""
+
+    def __init__(self, scale: int = 1, size_multiple: int = 1) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="identity", task="custom", scale=scale, size_multiple=size_multiple)
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.info.size_multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            raise ValueError(f"input {tuple(x.shape)} is not padded to a multiple of {m}")
+        if self.info.scale > 1:
+            x = F.interpolate(x, scale_factor=self.info.scale, mode="nearest")
+        return x + self.zero
+
+
+class Brighten(nn.Module):
+    """Adds a constant: a visible, exactly predictable change."""
+
+    def __init__(self, amount: float = 10 / 255) -> None:
+        super().__init__()
+        self.amount = nn.Parameter(torch.tensor(float(amount)))
+        self.info = ModelInfo(arch="brighten", task="custom")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.amount
+
+
+class ThreadCount(nn.Module):
+    """Outputs ``torch.get_num_threads() / 255`` everywhere: shows a worker's thread setting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="threads", task="custom")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.full_like(x, torch.get_num_threads() / 255) + self.zero
+
+
+class FailOnBright(nn.Module):
+    """Raises on any input whose mean exceeds ``threshold`` (a failing work item)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="fail", task="custom")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if float(x.mean()) > self.threshold:
+            raise RuntimeError(f"boom: mean {float(x.mean()):.3f} over {self.threshold}")
+        return x + self.zero
+
+
+class FailAfter(nn.Module):
+    """Works for ``calls`` forward calls (in this process), then raises."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="fail-after", task="custom")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calls <= 0:
+            raise RuntimeError("boom: out of calls")
+        self.calls -= 1
+        return x + self.zero
+
+
+class KillOnBright(nn.Module):
+    """SIGKILLs its own process on a bright input, at most ``times`` times in all (counted
+    with marker files in ``marker_dir``, which survive the dead process)."""
+
+    def __init__(self, threshold: float, marker_dir: str, times: int = 1) -> None:
+        super().__init__()
+        self.threshold, self.marker_dir, self.times = threshold, marker_dir, times
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="kill", task="custom")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if float(x.mean()) > self.threshold:
+            markers = Path(self.marker_dir)
+            used = len(list(markers.glob("killed-*")))
+            if used < self.times:
+                (markers / f"killed-{used}-{os.getpid()}").touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return x + self.zero
+
+
+class TemporalMean(nn.Module):
+    """A "video model": every output frame is the clip's mean frame (clip_len frames)."""
+
+    def __init__(self, clip_len: int = 4) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="temporal-mean", task="video-denoise", clip_len=clip_len)
+        self.seen_lengths: list = []
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, C, H, W)
+        if x.dim() != 5:
+            raise ValueError(f"expected a clip (B, T, C, H, W), got {tuple(x.shape)}")
+        return x.mean(dim=1, keepdim=True).expand_as(x) + self.zero
+
+
+class Slow(nn.Module):
+    """Identity that sleeps ``seconds`` per call: for interruption tests."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="slow", task="custom")
+
+    def forward(self, x: Tensor) -> Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return x + self.zero
+
+
+def tiny_swinir(scale: int = 1, window: int = 8, seed: int = 0) -> nn.Module:
+    """A randomly initialised, very small SwinIR (real architecture, real attention)."""
+    from pipelines.models.swinir import SwinIR, SwinIRConfig
+
+    torch.manual_seed(seed)
+    config = SwinIRConfig(img_size=2 * window, embed_dim=12, depths=(2,), num_heads=(2,), window_size=window,
+                          upscale=scale, upsampler="pixelshuffledirect" if scale > 1 else "")
+    return SwinIR(config).eval()
+
+
+def save_tiny_swinir(path: Path, scale: int = 1, window: int = 8) -> Path:
+    from safetensors.torch import save_file
+
+    model = tiny_swinir(scale, window)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
