@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Dict, Mapping
 
 import torch
@@ -29,19 +30,31 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
             return load_file(path, device="cpu")
         except Exception as err:  # safetensors raises several types
             raise CheckpointError(f"not a valid safetensors file: {path} ({err})") from None
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"not a PyTorch checkpoint: {path} (neither a zip archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+        culprit = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(err))
+        if culprit:
+            name = culprit.group(1) or culprit.group(2)
             raise CheckpointError(
-                f"refusing to load {path}: it contains pickled code, not just tensors "
+                f"refusing to load {path}: it contains pickled code ({name}), not just tensors "
                 "(only weights-only checkpoints are loaded)"
             ) from None
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({first})") from None
     except Exception as err:  # a non-checkpoint file can break the unpickler in many ways (IndexError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({first})") from None
+
+
+def _looks_like_torch_file(path: str) -> bool:
+    """torch.save writes a zip archive (or, in old versions, a protocol-2+ pickle); sniffing the
+    magic bytes first keeps a text or video file from being reported as "pickled code"."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def unwrap_state_dict(ckpt: Mapping) -> Dict[str, Tensor]:

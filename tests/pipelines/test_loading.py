@@ -25,9 +25,12 @@ def test_state_dict_of_another_network(tmp_path):
     assert "not a checkpoint of a supported architecture" in load_error(path)
 
 
-def test_text_file(tmp_path):
+@pytest.mark.parametrize("text", ["these are not weights\nsecond line\n", "not a video\n", '{"a": 1}'])
+def test_text_file(tmp_path, text):
+    # Some texts happen to parse as pickle opcodes; they must still read as "not a checkpoint",
+    # never as "contains pickled code".
     path = tmp_path / "notes.pth"
-    path.write_text("these are not weights\nsecond line\n")
+    path.write_text(text)
     assert "not a PyTorch checkpoint" in load_error(path)
 
 
@@ -45,6 +48,29 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "code.pth"
     torch.save({"params": SwinIRConfig()}, path)  # an arbitrary Python object, not tensors
     assert "refusing to load" in load_error(path)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling would create the marker file
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pickled_code_is_never_run(tmp_path, legacy):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    if legacy:  # a plain pickle, as very old torch.save wrote
+        import pickle
+
+        path.write_bytes(pickle.dumps({"params": {}, "x": _Payload(marker)}, protocol=2))
+    else:
+        torch.save({"params": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
+    message = load_error(path)
+    assert "refusing to load" in message and "open)" in message  # names the global it refused
+    assert not marker.exists()
 
 
 def test_swinir_with_a_missing_weight(tmp_path):
