@@ -1,130 +1,293 @@
-"""Named model presets: which checkpoint restores which task, and how to run it.
+"""Named model presets: which checkpoint restores which task, where it comes from, how to run it.
 
-A preset names a checkpoint file and the settings the project recommends for it (attention
-kernel, landmarks, iterations, window). Bundled presets point into ``pipelines/weights/``
-(small SwinIRs trained by ``python -m pipelines.weights.train``, file names from
-``pipelines.weights.FILES``); downloadable presets
-(official checkpoints, a later addition) set ``url`` and ``sha256`` and live in a cache.
+The presets are data: YAML files in ``configs/models/`` (shipped in the wheel as
+``pipelines/zoo_presets/``), format and validation in :mod:`pipelines.preset_files`. Extra preset
+files, e.g. for a private model or a mirror, are read from ``$NYSTRA_PRESETS`` (directories of
+``*.yaml`` files or single files, separated by ``os.pathsep``); their names must not clash with
+the built-in ones.
 
-``default_preset(task)`` is what ``nystra-stream --task T`` uses when no model is named.
+Three kinds of preset:
+
+- **bundled**: the small default SwinIRs in ``pipelines/weights`` (trained by
+  ``python -m pipelines.weights.train``); ``--task T`` picks the one marked ``default``;
+- **download**: official checkpoints fetched into the cache on first use
+  (:mod:`pipelines.download`: ``$NYSTRA_HOME`` or the platform cache dir), sha256-verified;
+- **manual**: checkpoints the authors share only on a web page; the error says which page to open
+  and where to save the file, and from then on it is used (and its hash checked) like a download.
+
+:func:`load_preset` (and ``pipelines.load_model(name)``) run a preset with its recommended
+settings: ``exact`` attention at the trained window, ``nystrom``/``auto`` at the paper's window,
+landmarks and iterations; every setting can be overridden.
 """
 from __future__ import annotations
 
+import difflib
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from torch import nn
 
+from .download import fetch as _fetch
+from .download import models_dir, verify_cached
 from .errors import CheckpointError
-from .weights import FILES as BUNDLED_FILES
-from .weights import TASKS, WEIGHTS_DIR
+from .preset_files import (ARCHITECTURES, PRESET_TASKS, Preset, PresetError, RunSettings, Window,
+                           read_preset_file)
 
+__all__ = ["Preset", "RunSettings", "PresetError", "MissingWeightsError", "ManualDownloadError",
+           "UnknownModelError", "PRESET_TASKS", "ARCHITECTURES", "PRESETS", "DEFAULT_FOR_TASK", "TASKS",
+           "presets", "get_preset", "has_preset", "default_preset", "resolve", "checkpoint_path",
+           "load_preset", "builtin_presets_dir", "models_dir"]
 
-@dataclass(frozen=True)
-class Preset:
-    """A named checkpoint plus how to run it."""
+log = logging.getLogger(__name__)
 
-    name: str
-    task: str                       # one of TASKS
-    arch: str                       # architecture name (``pipelines.models`` NAME)
-    file: str                       # file name under WEIGHTS_DIR (bundled) or the download cache
-    description: str
-    attention: str = "nystrom"      # default kernel for this model: exact | nystrom | auto
-    landmarks: int = 16             # PnP-Nystra settings the paper uses for SwinIR
-    iters: int = 2
-    window: Optional[int] = None    # run at this window (None: the checkpoint's own)
-    url: Optional[str] = None       # downloadable presets only (verified by sha256)
-    sha256: Optional[str] = None
+PRESETS_ENV = "NYSTRA_PRESETS"
 
-    @property
-    def bundled(self) -> bool:
-        return self.url is None
-
-    @property
-    def path(self) -> Path:
-        return WEIGHTS_DIR / self.file
-
-    def available(self) -> bool:
-        return self.path.is_file() and self.path.stat().st_size > 0
+# ``ModelInfo.task`` for each preset task (the models name tasks without the scale).
+_MODEL_TASKS = {"sr2": "sr", "sr3": "sr", "sr4": "sr", "sr8": "sr", "jpeg": "car"}
 
 
 class MissingWeightsError(CheckpointError):
     """A preset whose checkpoint file is not on this machine."""
 
 
-_BUNDLED: List[Preset] = [
-    Preset("swinir-tiny-denoise", "denoise", "swinir", BUNDLED_FILES["denoise"],
-           "small SwinIR for colour Gaussian noise (sigma up to 50)"),
-    Preset("swinir-tiny-deblur", "deblur", "swinir", BUNDLED_FILES["deblur"],
-           "small SwinIR for Gaussian and motion blur"),
-    Preset("swinir-tiny-sr2", "sr2", "swinir", BUNDLED_FILES["sr2"],
-           "small SwinIR, bicubic x2 super-resolution"),
-    Preset("swinir-tiny-sr4", "sr4", "swinir", BUNDLED_FILES["sr4"],
-           "small SwinIR, bicubic x4 super-resolution"),
-]
+class ManualDownloadError(MissingWeightsError):
+    """A checkpoint the user must download by hand (the message says from where, to where)."""
 
-PRESETS: Dict[str, Preset] = {p.name: p for p in _BUNDLED}
 
-# What ``--task`` picks when no ``--model``/``--weights`` is given.
-DEFAULT_FOR_TASK: Dict[str, str] = {p.task: p.name for p in _BUNDLED}
+class UnknownModelError(CheckpointError):
+    """Neither a preset name nor an existing file."""
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+
+def builtin_presets_dir() -> Path:
+    """``pipelines/zoo_presets`` in an installed package, ``configs/models`` in a source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "zoo_presets", here.parent / "configs" / "models"):
+        if candidate.is_dir():
+            return candidate
+    raise PresetError(f"the built-in model presets are missing (neither {here / 'zoo_presets'} "
+                      f"nor {here.parent / 'configs' / 'models'} exists)")
+
+
+def _yaml_files(directory: Path) -> List[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+_builtin_cache: Optional[Tuple[Preset, ...]] = None
+
+
+def _builtin() -> Tuple[Preset, ...]:
+    global _builtin_cache
+    if _builtin_cache is None:
+        found: List[Preset] = []
+        for path in _yaml_files(builtin_presets_dir()):
+            found += read_preset_file(path, builtin=True)
+        _check_unique(found)
+        _check_defaults(found)
+        _builtin_cache = tuple(found)
+    return _builtin_cache
+
+
+def _extra_files() -> List[Path]:
+    files: List[Path] = []
+    for entry in filter(None, os.environ.get(PRESETS_ENV, "").split(os.pathsep)):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            files += _yaml_files(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PresetError(f"${PRESETS_ENV}: no such file or directory: {path}")
+    return files
+
+
+_registry_cache: Dict[tuple, Dict[str, Preset]] = {}
+
+
+def _registry() -> Dict[str, Preset]:
+    """Built-in presets plus those of ``$NYSTRA_PRESETS``, re-read when those files change."""
+    files = _extra_files()
+    key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    if key not in _registry_cache:
+        found = list(_builtin())
+        for path in files:
+            found += read_preset_file(path, builtin=False)
+        _check_unique(found)
+        _registry_cache.clear()
+        _registry_cache[key] = {p.name: p for p in found}
+    return _registry_cache[key]
+
+
+def _check_unique(found: List[Preset]) -> None:
+    seen: Dict[str, Preset] = {}
+    for preset in found:
+        if preset.name in seen:
+            raise PresetError(f"preset {preset.name!r} is defined twice: in {seen[preset.name].origin} "
+                              f"and in {preset.origin}")
+        seen[preset.name] = preset
+
+
+def _check_defaults(found: List[Preset]) -> None:
+    chosen: Dict[str, Preset] = {}
+    for preset in found:
+        if preset.default:
+            if preset.task in chosen:
+                raise PresetError(f"two default presets for task {preset.task}: "
+                                  f"{chosen[preset.task].name} and {preset.name}")
+            chosen[preset.task] = preset
 
 
 def presets() -> List[Preset]:
-    return list(PRESETS.values())
+    """Every preset, built-in first, in file order."""
+    return list(_registry().values())
+
+
+def has_preset(name: str) -> bool:
+    return name in _registry()
 
 
 def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise CheckpointError(f"unknown model {name!r} (known: {', '.join(PRESETS)})") from None
+    registry = _registry()
+    if name in registry:
+        return registry[name]
+    raise _unknown(name, "not a preset name")
+
+
+def _unknown(name: str, what: str) -> UnknownModelError:
+    close = difflib.get_close_matches(name, list(_registry()), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return UnknownModelError(f"unknown model {name!r} ({what}{hint})")
+
+
+def _defaults() -> Dict[str, str]:
+    return {p.task: p.name for p in _builtin() if p.default}
 
 
 def default_preset(task: str) -> Preset:
-    if task not in DEFAULT_FOR_TASK:
-        raise ValueError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
-    return PRESETS[DEFAULT_FOR_TASK[task]]
+    defaults = _defaults()
+    if task not in defaults:
+        raise ValueError(f"unknown task {task!r} (choose from {', '.join(_tasks())})")
+    return get_preset(defaults[task])
 
 
-def checkpoint_path(preset: Preset) -> Path:
-    """The preset's checkpoint file; raises :class:`MissingWeightsError` if absent."""
-    if not preset.available():
-        if preset.bundled:
-            raise MissingWeightsError(
-                f"the bundled weights for {preset.name} are not installed "
-                f"({preset.path} is missing; train it with python -m pipelines.weights.train --task {preset.task})"
-            )
-        raise MissingWeightsError(f"the weights for {preset.name} are not downloaded yet ({preset.path})")
-    return preset.path
+def _tasks() -> Tuple[str, ...]:
+    """The tasks ``--task`` offers: those with a default preset, in PRESET_TASKS order."""
+    defaults = _defaults()
+    return tuple(task for task in PRESET_TASKS if task in defaults)
 
 
-def load_preset(
-    name: str,
-    attention: Optional[str] = None,
-    landmarks: Optional[int] = None,
-    iters: Optional[int] = None,
-    window: Optional[int] = None,
-    device=None,
-) -> nn.Module:
-    """Load a preset with its recommended settings, each overridable."""
-    from .loading import load_model
+class _LiveView(Mapping):
+    """A read-only mapping computed on each access (the registry follows ``$NYSTRA_PRESETS``)."""
 
-    preset = get_preset(name)
-    return load_model(
-        checkpoint_path(preset),
-        attention=attention or preset.attention,
-        landmarks=landmarks or preset.landmarks,
-        iters=iters or preset.iters,
-        window=window or preset.window,
-        device=device,
-    )
+    def __init__(self, compute) -> None:
+        self._compute = compute
+
+    def __getitem__(self, key):
+        return self._compute()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._compute())
+
+    def __len__(self) -> int:
+        return len(self._compute())
+
+    def __repr__(self) -> str:
+        return repr(dict(self._compute()))
+
+
+PRESETS: Mapping[str, Preset] = _LiveView(_registry)
+DEFAULT_FOR_TASK: Mapping[str, str] = _LiveView(_defaults)
+
+
+def __getattr__(name: str):
+    # TASKS is read from the preset files on first use, not at import (PEP 562).
+    if name == "TASKS":
+        return _tasks()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve(name_or_path: Union[str, os.PathLike]) -> Union[Preset, Path]:
-    """A preset if ``name_or_path`` names one, else the path (not checked here)."""
+    """An existing file as a path; else the preset of that name; else a path (to a missing file).
+
+    A string that looks like a name (no directory, no checkpoint suffix) and is neither raises
+    :class:`UnknownModelError`.
+    """
+    if isinstance(name_or_path, Preset):
+        return name_or_path
     text = os.fspath(name_or_path)
-    if text in PRESETS:
-        return PRESETS[text]
+    if os.path.exists(text):
+        return Path(text)
+    looks_like_path = os.sep in text or "/" in text or Path(text).suffix in (".pth", ".pt", ".safetensors")
+    if isinstance(name_or_path, str) and not looks_like_path:
+        if has_preset(text):
+            return get_preset(text)
+        raise _unknown(text, "neither a preset name nor a file")
     return Path(text)
+
+
+# -- getting the checkpoint -----------------------------------------------------------------------
+
+
+def checkpoint_path(preset: Union[Preset, str], download: bool = True, progress: Optional[bool] = None) -> Path:
+    """The preset's checkpoint file, downloaded first if needed and allowed.
+
+    Cached files are checked against the preset's sha256, or the one recorded at download, on
+    every call. Raises :class:`MissingWeightsError` (or a download error) when it cannot be had.
+    """
+    preset = preset if isinstance(preset, Preset) else get_preset(preset)
+    path = preset.path
+    if preset.available():
+        if not preset.bundled:
+            verify_cached(path, preset.sha256)
+        return path
+    if preset.bundled:
+        raise MissingWeightsError(
+            f"the bundled weights for {preset.name} are not installed "
+            f"({path} is missing; train it with python -m pipelines.weights.train --task {preset.task})")
+    if preset.source == "manual":
+        raise ManualDownloadError(
+            f"{preset.name} must be downloaded by hand: open {preset.page}, download the checkpoint "
+            f"and save it as {path}")
+    if not download:
+        raise MissingWeightsError(f"the weights for {preset.name} are not downloaded yet ({path})")
+    if preset.non_commercial:
+        log.warning("%s is licensed %s: non-commercial use only", preset.name, preset.licence)
+    _fetch(preset.url, path, sha256=preset.sha256, progress=progress, label=preset.name)
+    return path
+
+
+def load_preset(
+    preset: Union[Preset, str],
+    attention: Optional[str] = None,
+    landmarks: Optional[int] = None,
+    iters: Optional[int] = None,
+    window: Optional[Window] = None,
+    device=None,
+    progress: Optional[bool] = None,
+    **options,
+) -> nn.Module:
+    """Load a preset with its recommended settings (see :meth:`Preset.settings`), each overridable.
+
+    ``options`` go to the architecture, as for :func:`pipelines.load_model`.
+    """
+    from .loading import load_checkpoint_model
+
+    preset = preset if isinstance(preset, Preset) else get_preset(preset)
+    run = preset.settings(attention, landmarks, iters, window)
+    model = load_checkpoint_model(checkpoint_path(preset, progress=progress), attention=run.attention,
+                                  landmarks=run.landmarks, iters=run.iters, window=run.window,
+                                  device=device, **options)
+    info = getattr(model, "info", None)
+    if info is not None and getattr(info, "arch", None) != preset.arch:
+        raise CheckpointError(f"{preset.name}: the checkpoint {preset.path} is a {info.arch} model, "
+                              f"the preset says {preset.arch}")
+    task = _MODEL_TASKS.get(preset.task, preset.task)
+    if info is not None and info.task != task:
+        # e.g. Uformer's SIDD and GoPro checkpoints have the same layout; the preset knows which it is.
+        model.info = replace(info, task=task)
+    return model

@@ -1,7 +1,8 @@
 """``nystra-stream``: restore a video file from the command line.
 
     nystra-stream INPUT OUTPUT --task denoise|deblur|sr2|sr4 [options]
-    nystra-stream models                      # list the model presets
+    nystra-stream INPUT OUTPUT --model NAME [options]   # a preset, downloaded on first use
+    nystra-stream models                      # list the model presets and their cache state
 
 Exit codes: 0 done, 2 bad usage or input (including unusable checkpoints), 1 failure while
 processing, 130 interrupted. Errors are one line on stderr: ``nystra-stream: error: ...``.
@@ -75,20 +76,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_models(out=None) -> int:
+    """``nystra-stream models``: every preset with its task, architecture, licence and cache state."""
     from pipelines import zoo
+    from pipelines.errors import CheckpointError
 
     out = out or sys.stdout
-    rows = [("NAME", "TASK", "ARCH", "ATTENTION", "WEIGHTS", "DESCRIPTION")]
-    for preset in zoo.presets():
-        state = "bundled" if preset.available() else "missing"
-        attention = preset.attention + (f" m={preset.landmarks} T={preset.iters}" if preset.attention != "exact" else "")
-        rows.append((preset.name, preset.task, preset.arch, attention, state, preset.description))
+    try:
+        presets = zoo.presets()
+        defaults = dict(zoo.DEFAULT_FOR_TASK)
+        rows = [("NAME", "TASK", "ARCH", "LICENCE", "WEIGHTS", "ATTENTION", "DESCRIPTION")]
+        rows += [(p.name, p.task, p.arch, p.licence_text, _weights_state(p), _attention_text(p), p.description)
+                 for p in presets]
+    except CheckpointError as err:  # a broken preset file in $NYSTRA_PRESETS
+        return _fail(str(err), 2)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], file=out)
-    defaults = ", ".join(f"{task} -> {name}" for task, name in zoo.DEFAULT_FOR_TASK.items())
-    print(f"\n--task uses: {defaults}", file=out)
+    print(f"\n--task uses: {', '.join(f'{task} -> {name}' for task, name in defaults.items())}", file=out)
+    print(f"Downloads are cached in {zoo.models_dir()} (set NYSTRA_HOME to move them); "
+          f"extra preset files: ${zoo.PRESETS_ENV}.", file=out)
+    restricted = [p.name for p in presets if p.non_commercial]
+    if restricted:
+        print(f"Non-commercial use only: {', '.join(restricted)}.", file=out)
     return 0
+
+
+def _weights_state(preset) -> str:
+    state = preset.status()
+    if state == "missing" and not preset.bundled:
+        return "not cached (manual)" if preset.source == "manual" else "not cached"
+    return state
+
+
+def _attention_text(preset) -> str:
+    if preset.attention == "exact":
+        return "exact"
+    window = preset.window
+    if window is None:  # the trained window
+        return f"{preset.attention} m{preset.landmarks} T{preset.iters}"
+    size = "x".join(map(str, window)) if isinstance(window, tuple) else str(window)
+    return f"{preset.attention} w{size} m{preset.landmarks} T{preset.iters}"
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
@@ -148,8 +175,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.model is not None:
         from pipelines import zoo
 
-        if args.model not in zoo.PRESETS:
-            return _fail(f"unknown model {args.model!r} (see `{PROG} models`; use --weights for a file)", 2)
+        # Fetch (or verify) the preset's checkpoint now, before the frame progress bar starts.
+        try:
+            zoo.checkpoint_path(zoo.get_preset(args.model), progress=False if args.quiet else None)
+        except zoo.UnknownModelError as err:
+            return _fail(f"{err}: see `{PROG} models`; use --weights for a file", 2)
+        except CheckpointError as err:
+            return _fail(str(err), 2)
     if args.stats and not os.path.isdir(os.path.dirname(os.path.abspath(args.stats))):
         return _fail(f"--stats: directory does not exist: {os.path.dirname(args.stats)}", 2)
 
