@@ -3,10 +3,17 @@
 It owns everything between "uint8 pictures" and "the model's forward": the device and
 precision, conversion to float in [0, 1], padding to the model's size multiple (cropped back
 after), optional spatial tiling with overlap (blended with ramp weights, see
-:mod:`pipelines.tiling`), grey models applied channel by channel, and clips for video models.
+:mod:`pipelines.tiling`), grey models applied channel by channel, clips for video models, and
+the noise-level channel of non-blind denoisers.
 
 Per-frame models see ``(N, C, H, W)``; video models (``info.clip_len`` set) see one clip
-``(1, T, C, H, W)``.
+``(1, T, C, H, W)``. A model with ``info.needs_sigma`` gets one more input channel filled with
+``sigma / 255`` (``sigma`` on the 0-255 scale of 8-bit frames), which is how the official RVRT
+test feeds its denoiser; the model's output has the usual 3 channels.
+
+:meth:`Restorer.restore` treats ``T`` frames as one clip; :meth:`Restorer.restore_video` cuts
+a longer sequence into overlapping clips and blends them with linear ramps (the same rule as
+the streaming pipeline's stitcher, for callers that hold the whole video in memory).
 """
 from __future__ import annotations
 
@@ -40,12 +47,24 @@ def describe_model(model: nn.Module) -> ModelInfo:
     return ModelInfo(arch=type(model).__name__, task="custom", scale=out.shape[-1] // 16)
 
 
+def check_sigma(info: ModelInfo, sigma: Optional[float]) -> None:
+    """Raise ``ValueError`` unless ``sigma`` suits the model: given (0-255) iff it needs one."""
+    if info.needs_sigma and sigma is None:
+        raise ValueError(f"this {info.arch} model ({info.task}) needs the noise level: "
+                         "pass sigma= on the 0-255 scale (e.g. 25)")
+    if sigma is not None and not info.needs_sigma:
+        raise ValueError(f"this {info.arch} model ({info.task}) takes no noise level (sigma)")
+    if sigma is not None and not 0 <= sigma <= 255:
+        raise ValueError(f"sigma is a noise level on the 0-255 scale, got {sigma}")
+
+
 class Restorer:
     """Run a model on uint8 RGB images of any size.
 
     ``tile`` > 0 cuts frames into ``tile`` x ``tile`` pieces overlapping by ``tile_overlap``
     pixels (for memory; the streaming pipeline tiles on its own, to spread tiles over
-    workers, and uses ``tile=0`` here).
+    workers, and uses ``tile=0`` here). ``sigma``: the noise level (0-255 scale) for models
+    whose ``info.needs_sigma`` is set; required for them, refused for the others.
     """
 
     def __init__(
@@ -56,12 +75,13 @@ class Restorer:
         tile: int = 0,
         tile_overlap: int = 32,
         info: Optional[ModelInfo] = None,
+        sigma: Optional[float] = None,
     ) -> None:
         if tile > 0 and not 0 <= tile_overlap < tile:
             raise ValueError(f"tile overlap ({tile_overlap}) must be >= 0 and smaller than the tile ({tile})")
         self.info = info or describe_model(model)
-        if self.info.needs_sigma:
-            raise NotImplementedError("models that take a noise-level channel are not supported yet")
+        check_sigma(self.info, sigma)
+        self.sigma = None if sigma is None else float(sigma)
         if self.info.in_channels not in (1, 3):
             raise ValueError(f"models with {self.info.in_channels} input channels are not supported")
         self.device = torch.device(device)
@@ -92,6 +112,38 @@ class Restorer:
         batch = torch.from_numpy(np.ascontiguousarray(images[None] if single else images))
         out = self.restore_uint8(batch.to(self.device)).cpu().numpy()
         return out[0] if single else out
+
+    @torch.inference_mode()
+    def restore_video(self, images: np.ndarray, clip_len: Optional[int] = None,
+                      clip_overlap: Optional[int] = None) -> np.ndarray:
+        """uint8 ``(T, H, W, 3)`` of any length in, ``(T, H*s, W*s, 3)`` out.
+
+        A video model sees clips of ``clip_len`` frames (default ``info.clip_len``) overlapping
+        by ``clip_overlap`` (default ``clip_len // 4``), the last clip aligned to the end;
+        frames shared by two clips are blended with linear ramps. A per-frame model just
+        restores every frame. The whole output is held in memory: stream long videos instead.
+        """
+        if images.ndim != 4:
+            raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {images.shape}")
+        if not self.is_video_model:
+            return self.restore(images)
+        clip_len = clip_len or self.info.clip_len
+        clip_overlap = clip_len // 4 if clip_overlap is None else clip_overlap
+        if not 0 <= clip_overlap < clip_len:
+            raise ValueError(f"clip overlap ({clip_overlap}) must be >= 0 and smaller than the clip ({clip_len})")
+        length = images.shape[0]
+        spans = tiling.spans(length, clip_len, clip_overlap)
+        if len(spans) == 1:
+            return self.restore(images)
+        total: Optional[np.ndarray] = None
+        weight_sum = np.zeros(length, np.float32)
+        for (start, end), ramp in zip(spans, tiling.span_weights(spans)):
+            restored = self.restore(images[start:end])
+            if total is None:
+                total = np.zeros((length,) + restored.shape[1:], np.float32)
+            total[start:end] += restored * ramp[:, None, None, None]
+            weight_sum[start:end] += ramp  # not 1 where a frame lies in more than two clips
+        return np.clip(np.rint(total / weight_sum[:, None, None, None]), 0, 255).astype(np.uint8)
 
     @torch.inference_mode()
     def restore_uint8(self, frames: Tensor) -> Tensor:
@@ -128,9 +180,13 @@ class Restorer:
         grey = self.info.in_channels == 1
         if grey:  # a grey model restores each colour channel as its own image
             padded = padded.reshape(-1, 1, *padded.shape[-2:])
+        if self.sigma is not None:
+            # The official RVRT test appends the noise level (sigma / 255) as a last channel.
+            level = padded.new_full((padded.shape[0], 1, *padded.shape[-2:]), self.sigma / 255)
+            padded = torch.cat([padded, level], dim=1)
         if self.is_video_model:
-            if grey:  # (T*3, 1, h, w) -> 3 clips of T frames
-                clips = padded.reshape(frames, 3, 1, *padded.shape[-2:]).transpose(0, 1)
+            if grey:  # (T*3, c, h, w) -> 3 clips of T frames
+                clips = padded.reshape(frames, 3, *padded.shape[1:]).transpose(0, 1)
                 y = self.model(clips).transpose(0, 1)
             else:
                 y = self.model(padded[None])[0]

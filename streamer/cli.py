@@ -1,6 +1,8 @@
 """``nystra-stream``: restore a video file from the command line.
 
     nystra-stream INPUT OUTPUT --task denoise|deblur|sr2|sr4 [options]
+    nystra-stream INPUT OUTPUT --task vsr|video-deblur [options]     # RVRT, downloaded on first use
+    nystra-stream INPUT OUTPUT --task video-denoise --sigma 25 [options]
     nystra-stream INPUT OUTPUT --model NAME [options]   # a preset, downloaded on first use
     nystra-stream models                      # list the model presets and their cache state
 
@@ -31,14 +33,18 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.zoo import TASKS
 
-    from .pipeline import ATTENTION_MODES, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_WORKERS
+    from .pipeline import ATTENTION_MODES, DEFAULT_WORKERS
+    from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
+                          DEFAULT_VIDEO_TILE_OVERLAP)
 
     p = _Parser(prog=PROG, description="Restore a video with a transformer model (PnP-Nystra attention). "
                 "Run `nystra-stream models` to list the model presets.")
     p.add_argument("input", metavar="INPUT", help="input video file")
     p.add_argument("output", metavar="OUTPUT", help="output video file (.mp4, .mkv, .mov, ...)")
     g = p.add_argument_group("model")
-    g.add_argument("--task", choices=TASKS, help="what to restore; picks the bundled model for it")
+    g.add_argument("--task", choices=TASKS,
+                   help="what to restore; picks the default model for it (video tasks: RVRT, downloaded "
+                        "on first use, non-commercial licence)")
     which = g.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME", help="a model preset (see `nystra-stream models`)")
     which.add_argument("--weights", metavar="PATH", help="a checkpoint file (.pth, .safetensors)")
@@ -47,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--landmarks", type=int, metavar="M", help="Nystrom landmarks per window (default 16)")
     g.add_argument("--iters", type=int, metavar="T", help="pseudo-inverse iterations (default 2)")
     g.add_argument("--window", type=int, metavar="W", help="run the model at this attention window size")
+    g.add_argument("--sigma", type=float, metavar="S",
+                   help="noise level on the 0-255 scale for --task video-denoise (required there), e.g. 25")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--workers", type=int, metavar="N",
@@ -55,12 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads-per-worker", type=int, metavar="N",
                    help="torch threads per worker (default: cores // workers, all cores for 0)")
     g.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
-    g.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PX",
-                   help=f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE})")
-    g.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
-                   help=f"overlap between tiles (default {DEFAULT_TILE_OVERLAP})")
-    g.add_argument("--clip-len", type=int, metavar="N", help="frames per clip (video models)")
-    g.add_argument("--clip-overlap", type=int, metavar="N", help="frames shared by consecutive clips")
+    video_tile = DEFAULT_VIDEO_TILE[4]
+    g.add_argument("--tile", type=int, metavar="PX",
+                   help=f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE}; video models "
+                        f"{video_tile} for x4, {DEFAULT_VIDEO_TILE_OTHER} otherwise); with a video model each "
+                        f"clip is cut into clip-len x PX x PX tiles, like RVRT's --tile T H W")
+    g.add_argument("--tile-overlap", type=int, metavar="PX",
+                   help=f"overlap between tiles (default {DEFAULT_TILE_OVERLAP}; video models "
+                        f"{DEFAULT_VIDEO_TILE_OVERLAP})")
+    g.add_argument("--clip-len", type=int, metavar="N",
+                   help="frames a video model restores together (default: the model's, 16 for RVRT)")
+    g.add_argument("--clip-overlap", type=int, metavar="N",
+                   help="frames shared by consecutive clips, blended with linear ramps (default clip-len // 4)")
     g.add_argument("--decoder", default="pyav", choices=("pyav", "decord"), help="file decoder (default pyav)")
     g = p.add_argument_group("output")
     g.add_argument("--codec", default="libx264", help="video encoder (default libx264)")
@@ -121,7 +135,7 @@ def _attention_text(preset) -> str:
 def options_from_args(args: argparse.Namespace) -> dict:
     return dict(
         task=args.task, model=args.weights or args.model, attention=args.attention, landmarks=args.landmarks,
-        iters=args.iters, window=args.window, device=args.device, workers=args.workers,
+        iters=args.iters, window=args.window, sigma=args.sigma, device=args.device, workers=args.workers,
         threads_per_worker=args.threads_per_worker, tile=args.tile, tile_overlap=args.tile_overlap,
         clip_len=args.clip_len, clip_overlap=args.clip_overlap, fp16=args.fp16, codec=args.codec,
         crf=args.crf, preset=args.preset, compare=args.compare, keep_partial=args.keep_partial,
@@ -170,23 +184,31 @@ def _main(args: argparse.Namespace) -> int:
     from pipelines.errors import CheckpointError
 
     from .errors import StreamerError, UsageError
-    from .pipeline import run
+    from .pipeline import Options, check_options, check_preset_fits, run
 
-    if args.model is not None:
+    options = options_from_args(args)
+    try:
+        check_options(Options(**options))   # before a download, which may take a while
+    except UsageError as err:
+        return _fail(str(err), 2)
+    if args.model is not None or (args.task is not None and args.weights is None):
         from pipelines import zoo
 
         # Fetch (or verify) the preset's checkpoint now, before the frame progress bar starts.
+        # (A bundled default needs no download: the run checks the input before loading it.)
         try:
-            zoo.checkpoint_path(zoo.get_preset(args.model), progress=False if args.quiet else None)
+            preset = zoo.get_preset(args.model) if args.model is not None else zoo.default_preset(args.task)
+            check_preset_fits(preset, Options(**options))
+            if args.model is not None or not preset.bundled:
+                zoo.checkpoint_path(preset, progress=False if args.quiet else None)
         except zoo.UnknownModelError as err:
             return _fail(f"{err}: see `{PROG} models`; use --weights for a file", 2)
-        except CheckpointError as err:
+        except (UsageError, CheckpointError) as err:
             return _fail(str(err), 2)
     if args.stats and not os.path.isdir(os.path.dirname(os.path.abspath(args.stats))):
         return _fail(f"--stats: directory does not exist: {os.path.dirname(args.stats)}", 2)
 
     bar = _progress_bar(disable=args.quiet)
-    options = options_from_args(args)
     options["progress"] = bar.update_to if bar is not None else None
     stats, failure = None, None
     try:

@@ -8,11 +8,17 @@ Threads (all daemon, so a stuck stage can never keep the process alive):
 - the caller's thread stitches results into frames and encodes them (and watches the others).
 
 Every queue is bounded, so a slow stage slows the ones before it and memory stays flat
-however long the video. The first error in any stage sets a stop flag every loop checks
-(at least every 50 ms); the caller's thread then tears everything down (worker processes
-terminated, sink aborted: nothing left under the output name, or with ``keep_partial`` a
-playable file of the frames written) and re-raises that first error. Ctrl-C arrives in the
-caller's thread as ``KeyboardInterrupt`` and takes the same path.
+however long the video. Video models (``info.clip_len`` set) get clips of ``clip_len`` frames
+overlapping by ``clip_overlap``, each cut into spatial tiles (3-D tiles, like the official RVRT
+test's ``--tile T H W``); their queues hold a couple of items rather than ``queue_size`` (see
+:func:`~streamer.windows.queue_items`), so what is in flight stays a few clips
+(``Stats.peak_frames_held`` records it).
+
+The first error in any stage sets a stop flag every loop checks (at least every 50 ms); the
+caller's thread then tears everything down (worker processes terminated, sink aborted: nothing
+left under the output name, or with ``keep_partial`` a playable file of the frames written) and
+re-raises that first error. Ctrl-C arrives in the caller's thread as ``KeyboardInterrupt`` and
+takes the same path.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from .errors import ProcessingError, StreamerError, UsageError
 from .frames import Frame
 from .sinks import EncoderSettings, VideoSink, check_output_path, encoder_options
 from .sources import open_source
-from .windows import Cutter, Stitcher, check_window_options
+from .windows import Cutter, Stitcher, check_window_options, queue_items, window_settings
 from .pool import CpuPool
 from .workers import DeviceWorker, Stopped, peak_rss_bytes
 
@@ -45,9 +51,9 @@ from .workers import DeviceWorker, Stopped, peak_rss_bytes
 # thread slower; in-process starts in 0.3 s instead of 2-6 s (workers import torch), so it
 # had the best overall fps in 3 of 4 runs. Worker processes stay one flag away.
 DEFAULT_WORKERS = 0
-DEFAULT_TILE = 512
-DEFAULT_TILE_OVERLAP = 32
 ATTENTION_MODES = ("exact", "nystrom", "auto")
+VIDEO_TASKS = ("vsr", "video-deblur", "video-denoise")
+SCALE_FOR_TASK = {"sr2": 2, "sr3": 3, "sr4": 4, "sr8": 8, "vsr": 4}
 
 Progress = Callable[[int, Optional[int]], None]
 
@@ -56,7 +62,7 @@ Progress = Callable[[int, Optional[int]], None]
 class Options:
     """Everything ``run`` accepts besides input and output (the CLI's flags, by name)."""
 
-    task: Optional[str] = None              # denoise | deblur | sr2 | sr4 (picks the default preset)
+    task: Optional[str] = None              # denoise | deblur | sr2 | sr4 | vsr | video-deblur | video-denoise
     model: Union[str, os.PathLike, nn.Module, None] = None   # preset name, checkpoint path or a module
     attention: Optional[str] = None         # None: the preset's (nystrom), or leave a module as it is
     landmarks: Optional[int] = None
@@ -65,10 +71,11 @@ class Options:
     device: str = "cpu"
     workers: Optional[int] = None           # CPU: worker processes (0 = in this process; default 0)
     threads_per_worker: Optional[int] = None
-    tile: int = DEFAULT_TILE                # 0 = whole frames
-    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    tile: Optional[int] = None              # 0 = whole frames; None: 512, video models 128 (x4) / 256
+    tile_overlap: Optional[int] = None      # None: 32, video models 20
     clip_len: Optional[int] = None          # None: the model's (1 for per-frame models)
     clip_overlap: Optional[int] = None      # None: 0, or clip_len // 4 for video models
+    sigma: Optional[float] = None           # noise level (0-255) for non-blind video denoisers
     fp16: bool = False
     codec: str = "libx264"
     crf: Optional[int] = None
@@ -97,6 +104,7 @@ class Stats:
     fps_steady: Optional[float] = None       # frames after the first / time after the first
     stage_seconds: Dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0                # this process
+    peak_frames_held: int = 0               # most frames decoded and not yet written at once
     workers_peak_rss_mb: float = 0.0        # largest worker process (CPU pool)
     latency_ms_p50: Optional[float] = None  # decode of a frame -> its restored frame encoded
     latency_ms_p95: Optional[float] = None
@@ -134,8 +142,16 @@ def check_options(opts: Options) -> None:
     if opts.threads_per_worker is not None and opts.threads_per_worker < 1:
         raise UsageError(f"--threads-per-worker must be >= 1, got {opts.threads_per_worker}")
     overlap = opts.clip_overlap or 0
-    # Without --clip-len the model decides the clip length: the overlap is checked later.
-    check_window_options(opts.tile, opts.tile_overlap, opts.clip_len or overlap + 1, overlap)
+    # What the user left out depends on the model (video or not): checked again once it is known.
+    tile = opts.tile if opts.tile is not None else 0
+    check_window_options(tile, opts.tile_overlap if opts.tile_overlap is not None else 0,
+                         opts.clip_len or overlap + 1, overlap)
+    if opts.sigma is not None and not 0 <= opts.sigma <= 255:
+        raise UsageError(f"--sigma is a noise level on the 0-255 scale, got {opts.sigma:g}")
+    if opts.task == "video-denoise" and opts.sigma is None:
+        raise UsageError("--task video-denoise needs --sigma S, the noise level on the 0-255 scale (e.g. 25)")
+    if opts.sigma is not None and opts.task is not None and opts.task != "video-denoise":
+        raise UsageError(f"--sigma is for --task video-denoise, not {opts.task}")
     try:
         device = torch.device(opts.device)
     except (RuntimeError, TypeError):
@@ -175,8 +191,7 @@ def prepare_model(opts: Options) -> Tuple[nn.Module, str]:
         return model, type(model).__name__
     target = zoo.resolve(opts.model) if opts.model is not None else zoo.default_preset(opts.task)
     if isinstance(target, zoo.Preset):
-        if opts.task is not None and target.task != opts.task:
-            raise UsageError(f"model {target.name} restores {target.task}, not {opts.task}")
+        check_preset_fits(target, opts)
         model = zoo.load_preset(target.name, attention=opts.attention, landmarks=opts.landmarks,
                                 iters=opts.iters, window=opts.window)
         return model, target.name
@@ -185,19 +200,38 @@ def prepare_model(opts: Options) -> Tuple[nn.Module, str]:
     return model, os.path.basename(str(target))
 
 
-def check_model_fits(info: ModelInfo, opts: Options) -> None:
-    expected = {"sr2": 2, "sr4": 4}.get(opts.task or "", 1 if opts.task else None)
+def check_preset_fits(preset: "zoo.Preset", opts: Options) -> None:
+    """What a preset says about itself, checked before its checkpoint is downloaded or loaded."""
+    if opts.task is not None and preset.task != opts.task:
+        raise UsageError(f"model {preset.name} restores {preset.task}, not {opts.task}")
+    if preset.task == "video-denoise" and opts.sigma is None:
+        raise UsageError(f"{preset.name} is a non-blind denoiser: give the noise level with --sigma S "
+                         "(0-255 scale, e.g. 25)")
+
+
+def check_model_fits(info: ModelInfo, opts: Options, name: str = "this model") -> None:
+    task = opts.task
+    expected = SCALE_FOR_TASK.get(task or "", 1 if task else None)
     if expected is not None and info.scale != expected:
-        raise UsageError(f"--task {opts.task} needs a x{expected} model, this one scales x{info.scale}")
+        raise UsageError(f"--task {task} needs a x{expected} model, this one scales x{info.scale}")
+    if task in VIDEO_TASKS and info.clip_len is None:
+        raise UsageError(f"--task {task} needs a video model (e.g. RVRT); {name} restores single frames")
+    if task is not None and info.task in VIDEO_TASKS and info.task != task:
+        raise UsageError(f"{name} is a {info.task} model, not one for --task {task}")
+    if info.needs_sigma and opts.sigma is None:
+        raise UsageError(f"{name} is a non-blind denoiser: give the noise level with --sigma S "
+                         "(0-255 scale, e.g. 25)")
+    if opts.sigma is not None and not info.needs_sigma:
+        raise UsageError(f"--sigma is for models that take a noise level (video-denoise); {name} does not")
 
 
 def make_worker(model: nn.Module, info: ModelInfo, opts: Options):
     if torch.device(opts.device).type == "cuda":
-        return DeviceWorker(model, device=opts.device, fp16=opts.fp16)
+        return DeviceWorker(model, device=opts.device, fp16=opts.fp16, sigma=opts.sigma)
     workers = DEFAULT_WORKERS if opts.workers is None else opts.workers
     if workers == 0:
-        return DeviceWorker(model, device="cpu", threads=opts.threads_per_worker)
-    return CpuPool(model, workers, threads_per_worker=opts.threads_per_worker, scale=info.scale)
+        return DeviceWorker(model, device="cpu", threads=opts.threads_per_worker, sigma=opts.sigma)
+    return CpuPool(model, workers, threads_per_worker=opts.threads_per_worker, scale=info.scale, sigma=opts.sigma)
 
 
 # -- running -------------------------------------------------------------------------------
@@ -213,6 +247,8 @@ class _Shared:
         self.seconds: Dict[str, float] = {"decode": 0.0, "cut": 0.0, "model": 0.0, "stitch": 0.0, "encode": 0.0}
         self.decoded_at: Dict[int, float] = {}
         self.frames_in = 0
+        self.frames_out = 0      # written by the caller's thread
+        self.peak_held = 0       # most frames decoded and not yet written (read racily: an upper bound)
 
     def fail(self, err: BaseException) -> None:
         with self._lock:
@@ -243,6 +279,7 @@ def _decode_stage(source, cutter: Cutter, work: "queue.Queue", shared: _Shared) 
                 break
             shared.decoded_at[frame.index] = time.monotonic()
             shared.frames_in += 1
+            shared.peak_held = max(shared.peak_held, shared.frames_in - shared.frames_out)
             items = cutter.push(frame)
             shared.seconds["cut"] += time.perf_counter() - t1
             for item in items:
@@ -281,12 +318,9 @@ def run(input: str, output: str, **options) -> Stats:
         check_encoder(opts)
         model, stats.model = prepare_model(opts)
         info = describe_model(model)
-        check_model_fits(info, opts)
-        clip_len = opts.clip_len or info.clip_len or 1
-        clip_overlap = opts.clip_overlap if opts.clip_overlap is not None else \
-            (clip_len // 4 if info.clip_len else 0)
-        check_window_options(opts.tile, opts.tile_overlap, clip_len, clip_overlap)
-        cutter = Cutter(clip_len, clip_overlap, opts.tile, opts.tile_overlap, info.scale)
+        check_model_fits(info, opts, stats.model)
+        windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
+        cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap, info.scale)
         worker = make_worker(model, info, opts)
         stats.worker = worker.description
         streaming = True
@@ -308,8 +342,9 @@ def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stat
     out_w, out_h = source.info.width * scale, source.info.height * scale
     settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset)
     shared = _Shared()
-    work: "queue.Queue" = queue.Queue(maxsize=opts.queue_size)
-    results: "queue.Queue" = queue.Queue(maxsize=opts.queue_size)
+    capacity = queue_items(opts.queue_size, cutter.windower.clip_len)
+    work: "queue.Queue" = queue.Queue(maxsize=capacity)
+    results: "queue.Queue" = queue.Queue(maxsize=capacity)
     latencies: List[float] = []
     started = time.monotonic()
     first_out: Optional[float] = None
@@ -351,6 +386,7 @@ def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stat
                     first_out = done_at
                 latencies.append(done_at - shared.decoded_at.pop(original.index, done_at))
                 stats.frames_out += 1
+                shared.frames_out = stats.frames_out
                 if opts.progress is not None:
                     opts.progress(stats.frames_out, total)
             shared.seconds["encode"] += time.perf_counter() - t1
@@ -416,6 +452,7 @@ def _finish_stats(stats: Stats, shared: _Shared, worker, latencies: List[float],
     shared.seconds["model"] = worker.busy_seconds
     stats.stage_seconds = {k: round(v, 4) for k, v in shared.seconds.items()}
     stats.peak_rss_mb = peak_rss_bytes() / 2**20
+    stats.peak_frames_held = shared.peak_held
     stats.workers_peak_rss_mb = getattr(worker, "peak_rss_bytes", 0) / 2**20
     stats.worker_restarts = worker.restarts
     if latencies:

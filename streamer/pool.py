@@ -1,4 +1,5 @@
-"""The CPU worker pool: N spawned processes, each running the model on the tiles it is given.
+"""The CPU worker pool: N spawned processes, each running the model on the tiles it is given
+(a tile is ``(T, h, w, 3)``: one frame, or a clip of ``T`` frames for a video model).
 
 Spawned, not forked: forking after torch has started OpenMP threads can deadlock the child.
 Each process sets ``torch.set_num_threads(cores // N)`` and gets the model once (its
@@ -29,7 +30,7 @@ import torch
 import torch.multiprocessing as torch_mp
 from torch import nn
 
-from pipelines.restorer import Restorer
+from pipelines.restorer import Restorer, check_sigma, describe_model
 
 from .errors import ProcessingError
 from .windows import WorkItem, WorkResult
@@ -63,13 +64,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, tasks: Connection,
-                 results: Connection) -> None:
-    """Body of a worker process: load once, then serve items until told to stop."""
+                 results: Connection, sigma: Optional[float] = None) -> None:
+    """Body of a worker process: load once, then serve items (tiles of clips) until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
     _die_with_parent(parent)
     try:
         torch.set_num_threads(threads)
-        restorer = Restorer(model, device="cpu")
+        restorer = Restorer(model, device="cpu", sigma=sigma)
     except BaseException as err:
         results.send(("fatal", None, _picklable(err), traceback.format_exc()))
         return
@@ -122,12 +123,12 @@ class _Slot:
 class _Process:
     """The parent's handle on one worker process."""
 
-    def __init__(self, ctx, worker_id: int, model: nn.Module, threads: int) -> None:
+    def __init__(self, ctx, worker_id: int, model: nn.Module, threads: int, sigma: Optional[float] = None) -> None:
         self.worker_id = worker_id
         task_recv, self.tasks = ctx.Pipe(duplex=False)
         self.results, result_send = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=_worker_main, name=f"nystra-worker-{worker_id}",
-                                args=(worker_id, os.getpid(), model, threads, task_recv, result_send),
+                                args=(worker_id, os.getpid(), model, threads, task_recv, result_send, sigma),
                                 daemon=True)
         self.proc.start()
         task_recv.close()
@@ -164,15 +165,19 @@ class CpuPool:
     """N worker processes on the CPU; items dispatched to free slots, results reordered."""
 
     def __init__(self, model: nn.Module, workers: int, threads_per_worker: Optional[int] = None,
-                 depth: int = 2, max_retries: int = 2, scale: Optional[int] = None) -> None:
+                 depth: int = 2, max_retries: int = 2, scale: Optional[int] = None,
+                 sigma: Optional[float] = None) -> None:
         if workers < 1:
             raise ValueError("a CPU pool needs at least one worker")
+        info = describe_model(model)
+        check_sigma(info, sigma)   # here, not first in every worker process
         self.model = model
+        self.sigma = sigma
         self.workers = workers
         self.threads = threads_per_worker or max(1, cpu_cores() // workers)
         self.depth = depth
         self.max_retries = max_retries
-        self.scale = scale if scale is not None else Restorer(model).scale
+        self.scale = scale if scale is not None else info.scale
         self.restarts = 0
         self.busy_seconds = 0.0
         self.peak_rss_bytes = 0
@@ -390,7 +395,7 @@ class CpuPool:
         added = passive_openmp_env(os.environ) if self.threads > 1 else {}
         os.environ.update(added)
         try:
-            self._procs.append(_Process(self._ctx, self._next_id, self.model, self.threads))
+            self._procs.append(_Process(self._ctx, self._next_id, self.model, self.threads, self.sigma))
         finally:
             for key in added:
                 os.environ.pop(key, None)

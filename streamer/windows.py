@@ -9,13 +9,20 @@
 - :class:`Cutter` = windower + layout: frames in, indexed :class:`WorkItem` out.
 - :class:`Stitcher` takes results *in index order*, blends a clip's tiles with the spatial
   ramps, blends overlapping clips with linear temporal ramps, and emits finished frames in
-  order, each paired with the source frame it restores.
+  order, each paired with the source frame it restores. It holds one clip and the frames that
+  clip shares with the next; earlier frames have left.
+- :func:`window_settings` fills in what the user left out (video models: the official RVRT test's
+  tiles, the model's clip length); :func:`queue_items` sizes the queues between stages.
+
+Clip starts are the official RVRT test's (``range(0, T - clip_len, clip_len - overlap)`` plus
+``T - clip_len``), and a clip of a video model times a spatial tile is its ``--tile T H W``.
 
 Padding to the model's window multiple happens per tile in :class:`pipelines.restorer.Restorer`
 (every tile is padded at its bottom/right and cropped back), so tiles here are plain boxes.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Deque, Dict, List, Optional, Tuple
@@ -23,10 +30,21 @@ from typing import Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from pipelines import tiling
+from pipelines.models.base import ModelInfo
 from pipelines.tiling import Box
 
 from .errors import ProcessingError, UsageError
 from .frames import Clip, Frame
+
+
+DEFAULT_TILE = 512
+DEFAULT_TILE_OVERLAP = 32
+# Video models: the official RVRT test's settings (README of JingyunLiang/RVRT: `--tile 0 256 256`
+# for deblurring/denoising, 128 px tiles for x4 REDS, `--tile_overlap 2 20 20`); a 16-frame clip
+# of 512 px tiles would need several GB of features on a CPU.
+DEFAULT_VIDEO_TILE = {4: 128}   # by model scale; other scales: DEFAULT_VIDEO_TILE_OTHER
+DEFAULT_VIDEO_TILE_OTHER = 256
+DEFAULT_VIDEO_TILE_OVERLAP = 20
 
 
 @dataclass
@@ -59,6 +77,39 @@ def check_window_options(tile: int, tile_overlap: int, clip_len: int, clip_overl
         raise UsageError(f"--clip-len must be >= 1, got {clip_len}")
     if not 0 <= clip_overlap < clip_len:
         raise UsageError(f"--clip-overlap ({clip_overlap}) must be >= 0 and smaller than --clip-len ({clip_len})")
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How the stream is cut: clips of ``clip_len`` frames x tiles of ``tile`` pixels."""
+
+    tile: int
+    tile_overlap: int
+    clip_len: int
+    clip_overlap: int
+
+
+def window_settings(info: ModelInfo, tile: Optional[int] = None, tile_overlap: Optional[int] = None,
+                    clip_len: Optional[int] = None, clip_overlap: Optional[int] = None) -> WindowSettings:
+    """The user's tile/clip settings (None: not given), with the model's defaults for the rest;
+    raises :class:`UsageError` for settings that cannot work."""
+    video = info.clip_len is not None
+    if tile is None:
+        tile = DEFAULT_VIDEO_TILE.get(info.scale, DEFAULT_VIDEO_TILE_OTHER) if video else DEFAULT_TILE
+    if tile_overlap is None:
+        tile_overlap = DEFAULT_VIDEO_TILE_OVERLAP if video else DEFAULT_TILE_OVERLAP
+    clip_len = clip_len or info.clip_len or 1
+    if clip_overlap is None:
+        clip_overlap = clip_len // 4 if video else 0
+    check_window_options(tile, tile_overlap, clip_len, clip_overlap)
+    return WindowSettings(tile, tile_overlap, clip_len, clip_overlap)
+
+
+def queue_items(queue_size: int, clip_len: int) -> int:
+    """Capacity of a queue between stages, in work items: ``queue_size`` for single frames; for
+    clips about ``queue_size`` frames' worth (at least 2, so no stage waits on another), which
+    keeps what is in flight a few clips rather than ``queue_size`` clips."""
+    return queue_size if clip_len <= 1 else max(2, math.ceil(queue_size / clip_len))
 
 
 class ClipWindower:

@@ -1,7 +1,9 @@
 """Workers: where the model runs.
 
 Both kinds take :class:`~streamer.windows.WorkItem` s from a queue and hand
-:class:`~streamer.windows.WorkResult` s, in index order, to an ``emit`` callback:
+:class:`~streamer.windows.WorkResult` s, in index order, to an ``emit`` callback. An item is a
+spatial tile of a clip, ``(T, h, w, 3)`` uint8: one frame for per-frame models, ``T`` frames a
+video model restores together (:class:`~pipelines.restorer.Restorer` feeds it as one clip):
 
 - :class:`DeviceWorker` runs the model in this process (in the pipeline's worker thread) on
   any torch device. On CUDA it stages bytes in pinned host buffers, copies with
@@ -132,10 +134,10 @@ class DeviceWorker:
     """
 
     def __init__(self, model: nn.Module, device: str = "cpu", fp16: bool = False, depth: int = 2,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, sigma: Optional[float] = None) -> None:
         self.device = torch.device(device)
         self.threads = threads   # torch CPU threads (None: torch's default, all cores)
-        self.restorer = Restorer(model, device=self.device, fp16=fp16)
+        self.restorer = Restorer(model, device=self.device, fp16=fp16, sigma=sigma)
         self.cuda = self.device.type == "cuda"
         self.depth = max(1, depth)
         self._free: Dict[Tuple[int, ...], List[torch.Tensor]] = {}

@@ -116,6 +116,69 @@ def test_video_model_gets_one_clip():
         assert np.abs(frame.astype(int) - expected.astype(int)).max() <= 1
 
 
+class ClipPosition(nn.Module):
+    """A video model: every output frame is 10 * (its position in the clip) grey levels."""
+
+    def __init__(self, clip_len: int) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo("position", "custom", clip_len=clip_len)
+        self.lengths: list = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.lengths.append(x.shape[1])
+        position = torch.arange(x.shape[1], dtype=x.dtype).view(1, -1, 1, 1, 1)
+        return (position * (10 / 255)).expand_as(x) + self.zero
+
+
+class NoiseEcho(nn.Module):
+    """A non-blind denoiser stand-in: returns its noise-level channel (RGB + level in, level out)."""
+
+    def __init__(self, clip_len=None) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo("echo", "video-denoise", clip_len=clip_len, needs_sigma=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert x.shape[-3] == 4, f"no noise-level channel: {tuple(x.shape)}"
+        return x[..., 3:, :, :].expand(*x.shape[:-3], 3, *x.shape[-2:]) + self.zero
+
+
+@pytest.mark.parametrize("clip_len", [None, 3])
+def test_sigma_arrives_as_a_channel_of_sigma_over_255(clip_len):
+    """As the official RVRT test feeds its denoiser: RGB plus a map of sigma/255, on every tile."""
+    restorer = Restorer(NoiseEcho(clip_len), sigma=25, tile=16, tile_overlap=4)
+    out = restorer.restore(frames(3, 20, 30))
+    assert (out == 25).all()
+
+
+def test_sigma_is_required_by_denoisers_and_refused_by_others():
+    with pytest.raises(ValueError, match="needs the noise level"):
+        Restorer(NoiseEcho(3))
+    with pytest.raises(ValueError, match="takes no noise level"):
+        Restorer(Identity(), sigma=25)
+    with pytest.raises(ValueError, match="0-255"):
+        Restorer(NoiseEcho(3), sigma=-1)
+
+
+@pytest.mark.parametrize("length,clip_len,overlap", [(4, 6, 2), (6, 6, 2), (11, 6, 2), (12, 4, 0), (10, 5, 4)])
+def test_restore_video_cuts_clips_and_blends_them_with_ramps(length, clip_len, overlap):
+    model = ClipPosition(clip_len)
+    out = Restorer(model).restore_video(frames(length, 8, 8), clip_len=clip_len, clip_overlap=overlap)
+    assert out.shape == (length, 8, 8, 3)
+    assert set(model.lengths) == {min(length, clip_len)}, "whole clips, the last aligned to the end"
+    values = out[:, 0, 0, 0].astype(int)
+    assert values[0] == 0, "the first frame lies in the first clip only"
+    assert values[-1] == 10 * (min(length, clip_len) - 1), "the last frame is the last clip's last"
+    if overlap == 0:
+        assert list(values) == [10 * (i % clip_len) for i in range(length)]
+
+
+def test_restore_video_of_an_identity_is_exact():
+    images = frames(13, 20, 24)
+    assert np.array_equal(Restorer(Identity()).restore_video(images), images)   # per-frame model
+
+
 def test_grey_model_restores_each_colour_channel():
     model = Identity(in_channels=1)
     images = frames(2, 17, 19)

@@ -117,10 +117,13 @@ def test_paper_settings_are_the_recommended_nystrom_settings():
 
 
 def test_defaults_are_the_bundled_models_and_define_the_tasks():
-    assert zoo.TASKS == ("denoise", "deblur", "sr2", "sr4")
+    assert zoo.TASKS == ("denoise", "deblur", "sr2", "sr4", "vsr", "video-deblur", "video-denoise")
     for task in zoo.TASKS:
         preset = zoo.default_preset(task)
-        assert preset.bundled and preset.task == task and zoo.DEFAULT_FOR_TASK[task] == preset.name
+        assert preset.task == task and zoo.DEFAULT_FOR_TASK[task] == preset.name
+        # Per-frame tasks run the bundled models; video tasks the official RVRT (downloaded).
+        assert preset.bundled == (task in ("denoise", "deblur", "sr2", "sr4")), task
+        assert preset.arch == ("swinir" if preset.bundled else "rvrt"), task
     assert {p.task for p in zoo.presets()} <= set(PRESET_TASKS)
     assert {"vsr", "video-deblur", "video-denoise"} <= {p.task for p in zoo.presets()}
     with pytest.raises(ValueError, match="unknown task"):

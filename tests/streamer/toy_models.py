@@ -122,6 +122,72 @@ class TemporalMean(nn.Module):
         return x.mean(dim=1, keepdim=True).expand_as(x) + self.zero
 
 
+class VideoIdentity(nn.Module):
+    """A video model (``clip_len`` set) that returns its clip, nearest-upsampled for ``scale`` > 1.
+
+    ``seen`` records the shape of every clip it was given (in the process it runs in);
+    ``delay`` seconds of sleep per call make it slower than decoding (back-pressure tests).
+    """
+
+    def __init__(self, clip_len: int = 4, scale: int = 1, size_multiple: int = 1, delay: float = 0.0) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.delay = delay
+        self.info = ModelInfo(arch="video-identity", task="custom", scale=scale, size_multiple=size_multiple,
+                              clip_len=clip_len)
+        self.seen: list = []
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, C, H, W)
+        if x.dim() != 5 or x.shape[2] != 3:
+            raise ValueError(f"expected a clip (B, T, 3, H, W), got {tuple(x.shape)}")
+        m = self.info.size_multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            raise ValueError(f"input {tuple(x.shape)} is not padded to a multiple of {m}")
+        self.seen.append(tuple(x.shape))
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        if self.info.scale > 1:
+            b, t = x.shape[:2]
+            x = F.interpolate(x.flatten(0, 1), scale_factor=self.info.scale, mode="nearest")
+            x = x.view(b, t, *x.shape[1:])
+        return x + self.zero
+
+
+class ClipPosition(nn.Module):
+    """A video model whose output shows where each frame sat in its clip: red and blue are the
+    input's, green is ``STEP * position`` grey levels (position 0 .. T-1 in the clip)."""
+
+    STEP = 16
+
+    def __init__(self, clip_len: int = 6) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="clip-position", task="custom", clip_len=clip_len)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, C, H, W)
+        position = torch.arange(x.shape[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        out = x.clone()
+        out[:, :, 1] = position * (self.STEP / 255)
+        return out + self.zero
+
+
+class NoiseLevelEcho(nn.Module):
+    """A non-blind "video denoiser": takes RGB + a noise-level channel and adds that level to
+    the picture, so the output shows which sigma arrived (and in which units)."""
+
+    def __init__(self, clip_len: int = 4) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(1))
+        self.info = ModelInfo(arch="noise-echo", task="video-denoise", clip_len=clip_len, needs_sigma=True)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, 4, H, W)
+        if x.dim() != 5 or x.shape[2] != 4:
+            raise ValueError(f"expected a clip with a noise-level channel (B, T, 4, H, W), got {tuple(x.shape)}")
+        return x[:, :, :3] + x[:, :, 3:] + self.zero
+
+
 class Slow(nn.Module):
     """Identity that sleeps ``seconds`` per call: for interruption tests."""
 
@@ -162,3 +228,32 @@ def psnr(a, b) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
+
+
+# A small RVRT (real architecture: SpyNet, deformable alignment, 3-D window attention) with
+# random weights: 12 channels, one block per stage. Frames of any size >= 8 px work (SpyNet
+# pads to 64 px internally); the cost is mostly SpyNet's, about a second per 12-frame clip.
+TINY_RVRT = dict(embed_dims=(12, 12, 12), num_heads=(2, 2, 2), depths=(1, 1, 1), num_blocks=(1, 1, 1),
+                 deformable_groups=4, attention_heads=4, mlp_ratio=1.0, inputconv_groups=(1, 1, 1, 1, 1, 1))
+RVRT_TASKS = {"vsr": dict(upscale=4), "video-deblur": dict(upscale=1),
+              "video-denoise": dict(upscale=1, nonblind_denoising=True)}
+
+
+def tiny_rvrt(task: str = "vsr", seed: int = 0) -> nn.Module:
+    """A small RVRT for ``task`` with every parameter perturbed (zero-initialised ones too, so
+    every input, the noise-level channel included, changes the output)."""
+    from pipelines.models.rvrt import RVRT, RVRTConfig
+
+    torch.manual_seed(seed)
+    model = RVRT(RVRTConfig(**TINY_RVRT, **RVRT_TASKS[task]))
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(0.02 * torch.randn(tensor.shape))
+    return model.eval()
+
+
+def save_tiny_rvrt(path: Path, task: str = "vsr", seed: int = 0) -> Path:
+    """The official checkpoint layout: ``{"params": state_dict}`` in a .pth file."""
+    torch.save({"params": tiny_rvrt(task, seed).state_dict()}, str(path))
+    return path
