@@ -40,7 +40,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pipelines.attention import (  # noqa: E402
-    PooledBias, WindowAttentionBase, attention_plan, exact_attention, nystrom_attention, patch_attention,
+    PooledBias, WindowAttentionBase, attention_plan, auto, exact_attention, nystrom_attention, patch_attention,
 )
 
 HEADS, HEAD_DIM, LANDMARKS, ITERS = 6, 30, 16, 2
@@ -177,8 +177,10 @@ def auto_vs_exact(window: int, rounds: int) -> dict:
     with torch.inference_mode():
         times = interleaved({"exact": lambda: exact_layer(q, k, v), "auto": lambda: auto_layer(q, k, v)}, rounds)
     plan = attention_plan(auto_layer)[0]
+    floors = {f"{key[0]} {key[1]} m={key[2]} T={key[3]} threads={key[4]}": n for key, n in auto.auto_floors().items()}
     return {"N": window * window, "windows": case["windows"], "exact_ms": times["exact"], "auto_ms": times["auto"],
             "auto_over_exact": round(times["auto"] / times["exact"], 3), "auto_chose": plan["ran"],
+            "auto_reason": plan["reason"], "auto_floor_N": floors,
             "auto_measured_exact_ms": plan["exact_ms"], "auto_measured_nystrom_ms": plan["nystrom_ms"]}
 
 

@@ -1,12 +1,15 @@
-"""Per-layer cache of attention biases (dense for exact, pooled for Nyström).
+"""Per-layer cache of bias *descriptions*, and the stamps that say when a layer's biases change.
 
-A layer's bias (relative position bias gathered from its table, plus shift masks) is fixed
-once its parameters are: it is built once per (bias key, device, dtype, landmarks) and reused
-for every window of every call. Entries are stamped with the version counter, storage pointer,
-device and dtype of every parameter and buffer of the layer, so ``load_state_dict``, ``.to()``,
-``.half()`` and in-place edits under ``no_grad`` all invalidate them (edits through ``.data``
-bypass version counters and are not seen). The cache is a plain attribute: it never appears in
-``state_dict()`` and is emptied when a layer is copied or pickled.
+A layer's bias is fixed once its parameters are. What ``make_bias`` returns for a bias key (a
+:class:`~pipelines.attention.bias.WindowBias`: a reference to the layer's table and the window
+geometry, a few KB) is kept here per layer; what is *built* from it (dense or pooled tensors,
+possibly GBs) lives in the process-wide, byte-bounded :mod:`~pipelines.attention.store`.
+Entries are stamped with the version counter, storage pointer, device and dtype of every
+parameter and buffer of the layer, so ``load_state_dict``, ``.to()``, ``.half()`` and in-place
+edits under ``no_grad`` all invalidate them and bump the cache's ``generation`` (which the
+layer's store keys carry); edits through ``.data`` bypass version counters and are not seen.
+The cache is a plain attribute: it never appears in ``state_dict()`` and is emptied when a
+layer is copied or pickled.
 """
 from __future__ import annotations
 
@@ -41,19 +44,30 @@ def freeze_key(key: Any) -> Hashable:
 
 
 class BiasCache:
-    """A small LRU of built biases, cleared whenever the owner's parameter stamp changes."""
+    """A small LRU of bias descriptions, cleared whenever the owner's parameter stamp changes."""
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._stamp: tuple = ()
         self._entries: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self.generation = 0  # bumped on every stamp change
+
+    def check(self, stamp: tuple) -> int:
+        """Note the owner's current stamp (clearing everything if it changed); the generation."""
+        with self._lock:
+            self._check(stamp)
+            return self.generation
+
+    def _check(self, stamp: tuple) -> None:
+        if stamp != self._stamp:
+            self._entries.clear()
+            self._stamp = stamp
+            self.generation += 1
 
     def get(self, stamp: tuple, key: Hashable, build: Callable[[], Any]) -> Any:
         with self._lock:
-            if stamp != self._stamp:
-                self._entries.clear()
-                self._stamp = stamp
+            self._check(stamp)
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,17 +73,21 @@ def pool_tokens(x: Tensor, grid: Sequence[int], lgrid: Sequence[int]) -> Tensor:
     return pooled.permute(0, 2, 3, 1).reshape(batch, -1, d)
 
 
-def _bins(size: int, out: int) -> list:
+def bins(size: int, out: int) -> List[Tuple[int, int]]:
+    """Adaptive-average-pool bins: bin ``i`` covers ``[floor(i*size/out), ceil((i+1)*size/out))``."""
     return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
 
 
 def pooling_matrix(grid: Sequence[int], lgrid: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
-    """``P`` (m × N) with ``P @ tokens == pool_tokens(tokens)`` (adaptive-average bins)."""
+    """``P`` (m × N) with ``P @ tokens == pool_tokens(tokens)`` (adaptive-average bins).
+
+    For tests and small grids only: the kernels and bias builders pool by averaging.
+    """
     h, w = grid[-2:]
     mh, mw = lgrid[-2:]
     plane = torch.zeros(mh * mw, h * w, dtype=torch.float64)
-    for i, (r0, r1) in enumerate(_bins(h, mh)):
-        for j, (c0, c1) in enumerate(_bins(w, mw)):
+    for i, (r0, r1) in enumerate(bins(h, mh)):
+        for j, (c0, c1) in enumerate(bins(w, mw)):
             cell = torch.zeros(h, w, dtype=torch.float64)
             cell[r0:r1, c0:c1] = 1.0 / ((r1 - r0) * (c1 - c0))
             plane[i * mw + j] = cell.flatten()
@@ -92,34 +96,88 @@ def pooling_matrix(grid: Sequence[int], lgrid: Sequence[int], dtype=torch.float3
     return matrix.to(device=device, dtype=dtype)
 
 
+def pool_keys(x: Tensor, grid: Sequence[int], lgrid: Sequence[int]) -> Tensor:
+    """``(..., R, N)`` averaged over each landmark's tokens along the last axis: ``(..., R, m)``.
+
+    Reads ``x`` once and allocates only the result (no pooling matrix, no copy of ``x``).
+    """
+    h, w = grid[-2:]
+    lead = x.shape[:-1]
+    planes = x.reshape(-1, h, w)  # (… * R * frames, h, w); a view for contiguous x
+    pooled = F.adaptive_avg_pool2d(planes.unsqueeze(0), tuple(lgrid[-2:]))
+    return pooled.reshape(*lead, -1)
+
+
+def pool_queries(x: Tensor, grid: Sequence[int], lgrid: Sequence[int]) -> Tensor:
+    """``(..., N, C)`` averaged over each landmark's tokens along the second-to-last axis: ``(..., m, C)``."""
+    n, c = x.shape[-2:]
+    lead = x.shape[:-2]
+    return pool_tokens(x.reshape(-1, n, c), grid, lgrid).reshape(*lead, -1, c)
+
+
 @dataclass(frozen=True)
 class PooledBias:
     """An additive attention bias ``R`` (…, N, N) pooled onto the landmarks.
 
     ``query_to_landmark`` (…, N, m): ``R`` averaged over each landmark's keys, added to q k̃ᵀ.
-    ``landmark_to_key`` (…, m, N): averaged over each landmark's queries, added to q̃ kᵀ.
-    ``landmark_to_landmark`` (…, m, m): averaged over both, added to q̃ k̃ᵀ.
-    Leading dims broadcast against the attention's leading dims like ``R`` would.
+    ``landmark_to_key`` (…, m, N): averaged over each landmark's queries, added to q̃ kᵀ
+    (stored key-major: its transpose is contiguous, the kernel computes Bᵀ).
+    ``landmark_to_landmark`` (…, m, m): averaged over both, added to q̃ k̃ᵀ (float32 or wider).
+    Leading dims broadcast against the attention's leading dims like ``R`` would, except for a
+    term with ``runs``: it covers only those windows (``(start, stop)`` ranges along the window
+    axis, ``q``'s 4th-from-last), its first dim being their concatenation.
     """
 
     query_to_landmark: Tensor
     landmark_to_key: Tensor
     landmark_to_landmark: Tensor
     landmark_grid: Grid
+    runs: Optional[Tuple[Tuple[int, int], ...]] = None
+    window_index: Optional[Tensor] = None  # the windows of ``runs``, as an index
+
+    def __post_init__(self) -> None:
+        if self.runs is not None and self.window_index is None:
+            index = [w for a, b in self.runs for w in range(a, b)]
+            object.__setattr__(self, "window_index",
+                               torch.tensor(index, dtype=torch.long, device=self.query_to_landmark.device))
 
     @classmethod
-    def from_bias(cls, bias: Tensor, grid: Sequence[int], landmarks: int) -> "PooledBias":
-        lgrid = landmark_grid(grid, landmarks)
+    def make(cls, to_keys: Tensor, from_queries: Tensor, both: Tensor, lgrid: Sequence[int],
+             dtype: Optional[torch.dtype] = None, runs=None) -> "PooledBias":
+        """From the three averages (any dtype), laid out and typed as the kernels read them."""
+        dtype = dtype or to_keys.dtype
+        small = torch.promote_types(dtype, torch.float32)  # A feeds the float32 pseudo-inverse
+        return cls(to_keys.to(dtype).contiguous(),
+                   from_queries.transpose(-1, -2).to(dtype).contiguous().transpose(-1, -2),
+                   both.to(small).contiguous(), tuple(lgrid), runs)
+
+    @classmethod
+    def empty(cls, lgrid: Sequence[int], runs=()) -> "PooledBias":
+        """A term covering no window."""
+        m = math.prod(lgrid)
+        nothing = torch.zeros(0, 1, 0, m)
+        return cls(nothing, nothing.transpose(-1, -2), torch.zeros(0, 1, m, m), tuple(lgrid), tuple(runs))
+
+    @classmethod
+    def from_bias(cls, bias: Tensor, grid: Sequence[int], landmarks: Optional[int] = None,
+                  lgrid: Optional[Sequence[int]] = None) -> "PooledBias":
+        """Pool a dense bias by averaging over landmark bins (reshape-and-mean semantics of
+        adaptive average pooling); no N×N temporary besides ``bias`` itself."""
+        lgrid = tuple(lgrid) if lgrid is not None else landmark_grid(grid, landmarks)
         n = math.prod(grid)
         if bias.shape[-2:] != (n, n):
             raise ValueError(f"bias must end in ({n}, {n}) for grid {tuple(grid)}, got {tuple(bias.shape)}")
-        work = bias.to(torch.promote_types(bias.dtype, torch.float32))
-        pool = pooling_matrix(grid, lgrid, dtype=work.dtype, device=work.device)
-        to_keys = torch.matmul(work, pool.t())  # (…, N, m)
-        # Stored key-major (its transpose is contiguous): the fast kernel computes Bᵀ (N×m).
-        from_queries = torch.matmul(work.transpose(-1, -2), pool.t()).transpose(-1, -2)  # (…, m, N)
-        both = torch.matmul(from_queries, pool.t())  # (…, m, m)
-        return cls(to_keys.contiguous(), from_queries, both.contiguous(), tuple(lgrid))
+        work = torch.promote_types(bias.dtype, torch.float32)
+        dense = bias if bias.dtype == work else bias.to(work)
+        to_keys = pool_keys(dense, grid, lgrid)  # (…, N, m)
+        from_queries = pool_queries(dense, grid, lgrid)  # (…, m, N)
+        both = pool_queries(to_keys, grid, lgrid)  # (…, m, m)
+        return cls.make(to_keys, from_queries, both, lgrid, bias.dtype if bias.is_floating_point() else work)
+
+    @property
+    def windows(self) -> Optional[int]:
+        """Windows covered by a ``runs`` term (None: a term broadcast over every window)."""
+        return None if self.runs is None else sum(b - a for a, b in self.runs)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "PooledBias":
         # The m×m part feeds the float32 pseudo-inverse: never store it below float32.
@@ -129,6 +187,8 @@ class PooledBias:
             self.landmark_to_key.to(device=device, dtype=dtype),
             self.landmark_to_landmark.to(device=device, dtype=small_dtype),
             self.landmark_grid,
+            self.runs,
+            None if self.window_index is None else self.window_index.to(device),
         )
 
     @property

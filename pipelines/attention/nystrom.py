@@ -25,7 +25,7 @@ Two implementations of the same formulas:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -35,11 +35,16 @@ from .workspace import scratch
 
 TAU = 5.0
 EPS = 1e-12
+#: Scores below this are taken as this: exp(-80) ≈ 2e-35 is nothing next to the other terms,
+#: while exp of lower scores (e.g. under the -100 shift mask) is a float32 *denormal*, and
+#: CPU arithmetic on denormals is tens of times slower (it made masked layers 2.5x slower).
+FLOOR = -80.0
 
 
 def kappa(x: Tensor) -> Tensor:
-    """κ(x) = exp(min(x, τ)) + max(x − τ, 0): exponential that turns linear above τ (no overflow)."""
-    return torch.exp(x.clamp(max=TAU)) + torch.relu(x - TAU)
+    """κ(x) = exp(min(x, τ)) + max(x − τ, 0): exponential that turns linear above τ (no overflow);
+    scores below ``FLOOR`` count as ``FLOOR`` (no denormals)."""
+    return torch.exp(x.clamp(min=FLOOR, max=TAU)) + torch.relu(x - TAU)
 
 
 def _kappa_(x: Tensor) -> Tensor:
@@ -47,16 +52,19 @@ def _kappa_(x: Tensor) -> Tensor:
     if x.numel() == 0:
         return x
     if x.device.type == "cpu":
-        # One read-only pass usually proves that no score exceeds τ; then κ is a single exp_.
-        if bool(x.amax() <= TAU):
+        # One read-only pass usually proves that all scores lie in [FLOOR, τ]; then κ is one exp_.
+        low, high = torch.aminmax(x)
+        if bool(high <= TAU):
+            if bool(low < FLOOR):
+                x.clamp_(min=FLOOR)
             return x.exp_()
         above = x > TAU
         excess = x[above].sub_(TAU)  # the (few) linear parts
-        x.clamp_(max=TAU).exp_()
+        x.clamp_(min=FLOOR, max=TAU).exp_()
         return x.index_put_((above,), excess, accumulate=True)
     # On GPUs a data-dependent branch would synchronise; the dense form is cheap there.
     linear = (x - TAU).clamp_(min=0)
-    return x.clamp_(max=TAU).exp_().add_(linear)
+    return x.clamp_(min=FLOOR, max=TAU).exp_().add_(linear)
 
 
 def iterative_pinv(a: Tensor, iters: int) -> Tensor:
@@ -80,23 +88,52 @@ def iterative_pinv(a: Tensor, iters: int) -> Tensor:
     return z.reshape(shape)
 
 
-def _add_bias(x: Tensor, lead, bias: Optional[Tensor]) -> Tensor:
-    """``x`` (Bf, r, c) plus ``bias`` broadcast over the leading dims ``lead`` (in place)."""
-    if bias is not None:
-        x.view(*lead, *x.shape[-2:]).add_(bias)
+Terms = Tuple[PooledBias, ...]
+
+
+def _part(term: PooledBias, which: str) -> Tensor:
+    if which == "f":
+        return term.query_to_landmark
+    if which == "bt":
+        return term.landmark_to_key.transpose(-1, -2)
+    if which == "b":
+        return term.landmark_to_key
+    return term.landmark_to_landmark
+
+
+def _add_terms(x: Tensor, lead, terms: Terms, which: str, in_place: bool = True) -> Tensor:
+    """``x`` (Bf, r, c) plus each bias term's ``which`` part, broadcast over the leading dims
+    ``lead`` (a term with ``runs`` only onto its windows, along ``lead[-2]``)."""
+    for term in terms:
+        part = _part(term, which).to(x.dtype)
+        view = x.view(*lead, *x.shape[-2:])
+        if term.runs is None:
+            view = view.add_(part) if in_place else view + part
+        else:  # (w, 1, r, c) onto windows w of (..., nW, heads, r, c): one index_add
+            axis = len(lead) - 2
+            source = part.expand(*lead[:axis], part.shape[0], *lead[axis + 1:], *part.shape[-2:])
+            index = term.window_index
+            view = view.index_add_(axis, index, source) if in_place else view.index_add(axis, index, source)
+        x = view.reshape(x.shape)
     return x
 
 
-def _pinv_input(q_l: Tensor, k_l: Tensor, lead, bias: Optional[PooledBias]) -> Tensor:
+def _check_terms(terms: Terms, lead, lgrid: Grid) -> None:
+    for term in terms:
+        if tuple(term.landmark_grid) != tuple(lgrid):
+            raise ValueError(f"pooled bias is for landmark grid {term.landmark_grid}, not {lgrid}")
+        if term.runs is not None and (len(lead) < 2 or (term.runs and term.runs[-1][1] > lead[-2])):
+            raise ValueError(f"pooled bias for windows {term.runs} does not fit inputs with lead {tuple(lead)}")
+
+
+def _pinv_input(q_l: Tensor, k_l: Tensor, lead, terms: Terms) -> Tensor:
     """A = κ(q̃ k̃ᵀ + R_A) in float32 (or float64 for float64 inputs)."""
     work = torch.promote_types(q_l.dtype, torch.float32)
     a = torch.bmm(q_l.to(work), k_l.to(work).transpose(1, 2))
-    _add_bias(a, lead, None if bias is None else bias.landmark_to_landmark.to(work))
-    return _kappa_(a)
+    return _kappa_(_add_terms(a, lead, terms, "a"))
 
 
-def _nystrom_fast(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iters: int,
-                  bias: Optional[PooledBias]) -> Tensor:
+def _nystrom_fast(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iters: int, terms: Terms) -> Tensor:
     lead = q.shape[:-2]
     n, d = q.shape[-2:]
     m = math.prod(lgrid)
@@ -106,11 +143,11 @@ def _nystrom_fast(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iter
     q_l, k_l = pool_tokens(qf, grid, lgrid), pool_tokens(kf, grid, lgrid)
 
     f = torch.bmm(qf, k_l.transpose(1, 2), out=scratch("f", (batch, n, m), dtype, device))
-    _kappa_(_add_bias(f, lead, None if bias is None else bias.query_to_landmark))
+    _kappa_(_add_terms(f, lead, terms, "f"))
     # B is computed transposed (N×m, like F): the kernels for these shapes are faster.
     bt = torch.bmm(kf, q_l.transpose(1, 2), out=scratch("bt", (batch, n, m), dtype, device))
-    _kappa_(_add_bias(bt, lead, None if bias is None else bias.landmark_to_key.transpose(-1, -2)))
-    z = iterative_pinv(_pinv_input(q_l, k_l, lead, bias), iters)
+    _kappa_(_add_terms(bt, lead, terms, "bt"))
+    z = iterative_pinv(_pinv_input(q_l, k_l, lead, terms), iters)
 
     # Right factor Z·[B v | B 1] (m × (dv+1), small). In half precision the sums over N can
     # overflow, so they are taken as means (×1/N: Y and s scale alike, Y/s is unchanged).
@@ -135,24 +172,18 @@ def _nystrom_fast(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iter
     return out.view(*lead, n, dv)
 
 
-def _nystrom_plain(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iters: int,
-                   bias: Optional[PooledBias]) -> Tensor:
+def _nystrom_plain(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iters: int, terms: Terms) -> Tensor:
     lead = q.shape[:-2]
     n, d = q.shape[-2:]
     qf, kf, vf = q.reshape(-1, n, d), k.reshape(-1, n, d), v.reshape(-1, n, v.shape[-1])
     dv = vf.shape[-1]
     q_l, k_l = pool_tokens(qf, grid, lgrid), pool_tokens(kf, grid, lgrid)
 
-    def biased(x: Tensor, extra: Optional[Tensor]) -> Tensor:
-        if extra is None:
-            return x
-        return (x.view(*lead, *x.shape[-2:]) + extra).reshape(x.shape)
-
-    f = kappa(biased(qf @ k_l.transpose(1, 2), None if bias is None else bias.query_to_landmark))
-    b = kappa(biased(q_l @ kf.transpose(1, 2), None if bias is None else bias.landmark_to_key))
+    f = kappa(_add_terms(qf @ k_l.transpose(1, 2), lead, terms, "f", in_place=False))
+    b = kappa(_add_terms(q_l @ kf.transpose(1, 2), lead, terms, "b", in_place=False))
     work = torch.promote_types(q.dtype, torch.float32)
     a = q_l.to(work) @ k_l.to(work).transpose(1, 2)
-    a = kappa(biased(a, None if bias is None else bias.landmark_to_landmark.to(work)))
+    a = kappa(_add_terms(a, lead, terms, "a", in_place=False))
     z = iterative_pinv(a, iters)
     scale = 1.0 / n if q.dtype.itemsize < 4 else 1.0
     bv = ((b * scale) @ vf).to(work)
@@ -169,15 +200,16 @@ def nystrom_attention(
     grid: Sequence[int],
     landmarks: int = 16,
     iters: int = 2,
-    bias: Union[Tensor, PooledBias, None] = None,
+    bias: Union[Tensor, PooledBias, Sequence[PooledBias], None] = None,
 ) -> Tensor:
     """PnP-Nystra attention of ``(*lead, N, d)`` inputs laid out on the window ``grid``.
 
     q is already multiplied by ``head_dim**-0.5``. ``grid`` is ``(h, w)`` or ``(t, h, w)`` with
     ``prod(grid) == N``. ``bias``: ``None`` (bias dropped, the paper's behaviour), a dense
-    additive bias broadcastable to ``(*lead, N, N)`` (pooled here, on every call), or a
-    precomputed :class:`PooledBias` (what layers cache). float32/float16/bfloat16 inputs (and
-    float64); the pseudo-inverse runs in float32 (float64 for float64 inputs).
+    additive bias broadcastable to ``(*lead, N, N)`` (pooled here, on every call), a
+    precomputed :class:`PooledBias` (what layers cache), or several of them, summed (e.g. a
+    position term and a shift-mask term covering some windows). float32/float16/bfloat16
+    inputs (and float64); the pseudo-inverse runs in float32 (float64 for float64 inputs).
     """
     grid = tuple(int(g) for g in grid)
     n = q.shape[-2]
@@ -185,13 +217,12 @@ def nystrom_attention(
         raise ValueError(f"window grid {grid} has {math.prod(grid)} tokens, inputs have N = {n}")
     lgrid = landmark_grid(grid, landmarks)
     if isinstance(bias, Tensor):
-        bias = PooledBias.from_bias(bias, grid, landmarks)
-    if bias is not None:
-        if tuple(bias.landmark_grid) != tuple(lgrid):
-            raise ValueError(f"pooled bias is for landmark grid {bias.landmark_grid}, not {lgrid}")
-        if bias.query_to_landmark.dtype != q.dtype or bias.query_to_landmark.device != q.device:
-            bias = bias.to(q.device, q.dtype)
-    tensors = [q, k, v] + ([] if bias is None else [bias.query_to_landmark, bias.landmark_to_key])
+        bias = PooledBias.from_bias(bias, grid, lgrid=lgrid)
+    terms: Terms = () if bias is None else ((bias,) if isinstance(bias, PooledBias) else tuple(bias))
+    _check_terms(terms, q.shape[:-2], lgrid)
+    terms = tuple(t if t.query_to_landmark.dtype == q.dtype and t.query_to_landmark.device == q.device
+                  else t.to(q.device, q.dtype) for t in terms)
+    tensors = [q, k, v] + [x for t in terms for x in (t.query_to_landmark, t.landmark_to_key)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _nystrom_plain(q, k, v, grid, lgrid, iters, bias)
-    return _nystrom_fast(q, k, v, grid, lgrid, iters, bias)
+        return _nystrom_plain(q, k, v, grid, lgrid, iters, terms)
+    return _nystrom_fast(q, k, v, grid, lgrid, iters, terms)

@@ -8,13 +8,13 @@ to :class:`pipelines.attention.WindowAttentionBase` (exact or Nystrom, pooled ov
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import WindowAttentionBase
+from ..attention import RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias
 
 Window = Tuple[int, int, int]
 
@@ -114,9 +114,8 @@ def merge(windows: Tensor, window: Window, size: Window) -> Tensor:
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
 
 
-def shift_mask(padded: Window, window: Window, shift: Window, device: torch.device) -> Tensor:
-    """(windows, N, N) additive mask: after the cyclic shift, tokens from different regions of the
-    padded volume must not attend to each other."""
+def shift_regions(padded: Window, window: Window, shift: Window, device: torch.device) -> Tensor:
+    """(windows, N) region of the padded volume every token of every shifted window came from."""
     labels = []
     for extent, win, sh in zip(padded, window, shift):
         label = torch.zeros(extent, dtype=torch.long, device=device)
@@ -125,7 +124,13 @@ def shift_mask(padded: Window, window: Window, shift: Window, device: torch.devi
             label[extent - sh :] = 2
         labels.append(label)
     region = labels[0][:, None, None] * 9 + labels[1][None, :, None] * 3 + labels[2][None, None, :]
-    region = partition(region[None, ..., None].float(), window).squeeze(-1)[0]  # (windows, N)
+    return partition(region[None, ..., None], window).squeeze(-1)[0]  # (windows, N)
+
+
+def shift_mask(padded: Window, window: Window, shift: Window, device: torch.device) -> Tensor:
+    """(windows, N, N) additive mask: after the cyclic shift, tokens from different regions of the
+    padded volume must not attend to each other."""
+    region = shift_regions(padded, window, shift, device)
     differ = region[:, :, None] != region[:, None, :]
     return torch.zeros(differ.shape, device=device).masked_fill_(differ, _MASKED)
 
@@ -159,22 +164,19 @@ class WindowAttention3D(WindowAttentionBase):
         self.qkv_self = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, windows: Tensor, grid: Window, mask: Optional[Tensor], mask_key: tuple) -> Tensor:
-        """windows: (B, nW, N, C) tokens of ``grid``-shaped windows; mask: (nW, N, N) or None."""
+    def forward(self, windows: Tensor, grid: Window, regions: Optional[Callable[[], Tensor]], mask_key: tuple) -> Tensor:
+        """windows: (B, nW, N, C) tokens of ``grid``-shaped windows; regions: returns the (nW, N)
+        shift regions (see ``shift_regions``) or None for unshifted windows."""
         b, n_win, n_tok, c = windows.shape
         qkv = self.qkv_self(windows).view(b, n_win, n_tok, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
 
-        def make_bias() -> Tensor:
-            if grid == self.window:
-                index = self.relative_position_index
-            else:
-                index = relative_position_index(grid, self.window).to(windows.device)
-            # index_select on the head-major table: ~1.7x faster than fancy indexing at N = 8192,
-            # where this gather (1.6 GB) is the main cost of an uncached exact call.
-            table = self.relative_position_bias_table.t().contiguous()
-            bias = table.index_select(1, index.reshape(-1)).view(-1, *index.shape)  # (heads, N, N)
-            return bias if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
+        def make_bias() -> WindowBias:
+            # Factored, nothing materialised (one layer's dense bias is 1.6 GB at (2, 64, 64)):
+            # the attention core builds what its kernel needs within its memory budget.
+            index = self.relative_position_index if grid == self.window else None
+            position = RelativePositionBias(self.relative_position_bias_table, self.window, grid, index=index)
+            return WindowBias(position, None if regions is None else RegionMask(regions(), _MASKED))
 
         out = self.attend(q * self.scale, k, v, grid, make_bias=make_bias, bias_key=("rvrt", grid) + mask_key)
         return self.proj(out.transpose(2, 3).reshape(b, n_win, n_tok, c))
@@ -220,10 +222,11 @@ class SwinLayer3D(nn.Module):
         shifted = any(s > 0 for s in shift)
         if shifted:
             x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask, mask_key = shift_mask(padded, window, shift, x.device), (shift, padded)
+            device = x.device
+            regions, mask_key = (lambda: shift_regions(padded, window, shift, device)), (shift, padded)
         else:
-            mask, mask_key = None, ()
-        x = merge(self.attn(partition(x, window), window, mask, mask_key), window, padded)
+            regions, mask_key = None, ()
+        x = merge(self.attn(partition(x, window), window, regions, mask_key), window, padded)
         if shifted:
             x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
         return x[:, :d, :h, :w]

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.bias import RegionMask, RelativePositionBias, WindowBias
 from ..attention.module import WindowAttentionBase
 from ..attention.workspace import scratch
 from ..errors import CheckpointError
@@ -226,7 +227,7 @@ class WindowAttention(WindowAttentionBase):
         self.window_size = window
 
     def forward(self, windows: Tensor, feature_size: Tuple[int, int], shift: int = 0,
-                mask: Optional[Callable[[], Tensor]] = None) -> Tensor:
+                mask: Optional[Callable[[], "Tensor | RegionMask"]] = None) -> Tensor:
         """``windows``: ``(B, nW*N, C)`` tokens in window order (see ``window_token_order``)
         of a ``feature_size`` map; returns the same layout."""
         batch, tokens, channels = windows.shape
@@ -238,11 +239,12 @@ class WindowAttention(WindowAttentionBase):
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = q.mul_(self.scale) if not torch.is_grad_enabled() else q * self.scale
 
-        def make_bias() -> Tensor:
-            bias = self.relative_position_bias()
-            if mask is None:
-                return bias                                      # (heads, N, N)
-            return bias.unsqueeze(0) + mask().to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
+        def make_bias() -> WindowBias:
+            # Factored, nothing materialised: the attention core builds (and caches within its
+            # memory budget) what its kernel needs: (heads, N, N) + (nW, N, N) mask.
+            position = RelativePositionBias(self.relative_position_bias_table, (ws, ws), (ws, ws),
+                                            index=self.relative_position_index)
+            return WindowBias(position, None if mask is None else mask())
 
         out = self.attend(q, k, v, grid=(ws, ws), make_bias=make_bias,
                           bias_key=("swin", ws, shift) + tuple(feature_size))
@@ -291,12 +293,13 @@ class SwinTransformerBlock(nn.Module):
         self.window_size, self.shift_size = window, shift
         self.attn_mask = None  # masks now always come from the geometry (see module docstring)
 
-    def _mask_source(self, height: int, width: int, device: torch.device) -> Callable[[], Tensor]:
+    def _mask_source(self, height: int, width: int, device: torch.device) -> Callable[[], "Tensor | RegionMask"]:
         ws, shift = self.window_size, self.shift_size
         if self.attn_mask is not None and (height, width) == (self.img_size, self.img_size):
             stored = self.attn_mask
             return lambda: stored  # the official code uses the stored mask at the training size
-        return lambda: shift_mask(ws, shift, height, width, device)
+        # shift_mask's rule, as region labels: (nW, N) ints instead of (nW, N, N) floats
+        return lambda: RegionMask(_window_regions(ws, shift, height, width, device), _MASKED)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, channels = x.shape

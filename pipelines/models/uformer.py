@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import WindowAttentionBase
+from ..attention import RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias
 from ..errors import CheckpointError
 from .base import ModelInfo
 
@@ -133,9 +133,8 @@ def merge_window_heads(x: Tensor, h: int, w: int) -> Tensor:
     return x.reshape(b, h, w, heads * d)
 
 
-def shift_attention_mask(h: int, w: int, window: int, shift: int, device=None) -> Tensor:
-    """(nW, N, N) mask for shifted windows: -100 (the official value, not -inf) between tokens that
-    came from different image regions before the cyclic roll, 0 elsewhere."""
+def shift_regions(h: int, w: int, window: int, shift: int, device=None) -> Tensor:
+    """(nW, N) image region of every token of every shifted window, before the cyclic roll."""
 
     def bands(n: int) -> Tensor:  # official slices (0:-window), (-window:-shift), (-shift:)
         ids = torch.zeros(n, dtype=torch.int64, device=device)
@@ -144,7 +143,13 @@ def shift_attention_mask(h: int, w: int, window: int, shift: int, device=None) -
         return ids
 
     region = (bands(h)[:, None] * 3 + bands(w)[None, :]).view(1, h, w, 1)
-    labels = window_heads(region, window, 1, 1)[0, 0, :, 0, :, 0]  # nW, N
+    return window_heads(region, window, 1, 1)[0, 0, :, 0, :, 0]  # nW, N
+
+
+def shift_attention_mask(h: int, w: int, window: int, shift: int, device=None) -> Tensor:
+    """(nW, N, N) mask for shifted windows: -100 (the official value, not -inf) between tokens that
+    came from different image regions before the cyclic roll, 0 elsewhere."""
+    labels = shift_regions(h, w, window, shift, device)
     different = labels[:, None, :] != labels[:, :, None]
     return torch.zeros(different.shape, device=device).masked_fill_(different, -100.0)
 
@@ -264,12 +269,16 @@ class WindowAttention(WindowAttentionBase):
         q, k, v = self.qkv(x, self.window)  # (B, nW, heads, N, d)
         q = q * self.scale if torch.is_grad_enabled() else q.mul_(self.scale)  # q is a fresh copy
 
-        def make_bias() -> Tensor:
-            bias = self.position_bias()
+        def make_bias() -> WindowBias:
+            # Factored, nothing materialised: (heads, N, N) position bias + (nW, N, N) shift mask
+            # (as region labels); the attention core builds what its kernel needs.
+            grid = (self.window, self.window)
+            position = RelativePositionBias(self.relative_position_bias_table, grid, grid,
+                                            index=self.relative_position_index)
             if not shift:
-                return bias  # (heads, N, N)
-            mask = shift_attention_mask(h, w, self.window, shift, device=bias.device)
-            return bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
+                return WindowBias(position)
+            regions = shift_regions(h, w, self.window, shift, device=x.device)
+            return WindowBias(position, RegionMask(regions, -100.0))
 
         key = ("uformer", self.window, shift, h, w) if shift else ("uformer", self.window, 0)
         out = self.attend(q, k, v, (self.window, self.window), make_bias=make_bias, bias_key=key)

@@ -113,8 +113,8 @@ def realistic_table(window: int, heads: int, generator: torch.Generator) -> Tens
     return -dist[:, None] * slopes[None, :] + 0.1 * torch.randn(dist.numel(), heads, generator=generator)
 
 
-def shift_mask(height: int, width: int, window: int, shift: int) -> Tensor:
-    """(nW, N, N) Swin shifted-window mask: 0 within a region, -100 across regions."""
+def shift_regions(height: int, width: int, window: int, shift: int) -> Tensor:
+    """(nW, N) Swin shifted-window region label of every token of every window."""
     region = torch.zeros(height, width)
     cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -123,6 +123,11 @@ def shift_mask(height: int, width: int, window: int, shift: int) -> Tensor:
             region[rows, cols] = label
             label += 1
     windows = region.view(height // window, window, width // window, window).permute(0, 2, 1, 3)
-    windows = windows.reshape(-1, window * window)
+    return windows.reshape(-1, window * window).long()
+
+
+def shift_mask(height: int, width: int, window: int, shift: int) -> Tensor:
+    """(nW, N, N) Swin shifted-window mask: 0 within a region, -100 across regions."""
+    windows = shift_regions(height, width, window, shift)
     diff = windows[:, None, :] - windows[:, :, None]
     return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))

@@ -185,6 +185,15 @@ def test_kappa_in_place_matches_formula_bitwise():
     assert torch.equal(_kappa_(below.clone()), kappa(below))
 
 
+def test_kappa_floors_scores_instead_of_making_denormals():
+    # -100 shift-mask scores would give exp(-100) ~ 4e-44: a float32 denormal (slow on CPUs).
+    x = torch.tensor([[-1000.0, -100.0, -80.0, -79.0, 0.0, 7.0]])
+    expected = torch.tensor([[math.exp(-80.0)] * 3 + [math.exp(-79.0), 1.0, math.exp(5.0) + 2.0]])
+    for got in (kappa(x), _kappa_(x.clone()), _kappa_(x[:, :5].clone())):
+        torch.testing.assert_close(got, expected[:, :got.shape[1]], rtol=1e-6, atol=0)
+        assert (got.abs() >= torch.finfo(torch.float32).tiny).all()  # no denormals
+
+
 def test_landmark_grids():
     assert landmark_grid((8, 8), 16) == (4, 4)
     assert landmark_grid((32, 32), 32) == (4, 8)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import math
 import pickle
 import threading
 
@@ -9,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from attention_reference import gather_bias, shift_mask, softmax_reference, swin_relative_position_index
+from attention_reference import gather_bias, shift_mask, shift_regions, softmax_reference, swin_relative_position_index
 from pipelines.attention import (
-    WindowAttentionBase, attention_plan, exact_attention, nystrom_attention, patch_attention, unpatch,
+    STORE, RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias, attention_plan, exact_attention,
+    nystrom_attention, patch_attention, unpatch,
 )
-from pipelines.attention import auto
+from pipelines.attention import resolve
 
 
 class TinySwinAttention(WindowAttentionBase):
@@ -51,9 +54,25 @@ class TinySwinAttention(WindowAttentionBase):
         return self.proj(out.transpose(2, 3).reshape(b, -1, c))
 
 
-def _model(shift=0, seed=0, window=8):
+class TinyFactoredAttention(TinySwinAttention):
+    """The same layer describing its bias in factored form (table + region labels), as the models do."""
+
+    def bias(self, height: int, width: int):
+        self.bias_builds += 1
+        grid = (self.window, self.window)
+        position = RelativePositionBias(self.relative_position_bias_table, grid, grid)
+        if not self.shift:
+            return WindowBias(position)
+        return WindowBias(position, RegionMask(shift_regions(height, width, self.window, self.shift)))
+
+    def dense_bias(self, height: int, width: int) -> torch.Tensor:
+        return TinySwinAttention.bias(self, height, width)
+
+
+def _model(shift=0, seed=0, window=8, factored=False):
     torch.manual_seed(seed)
-    return nn.Sequential(TinySwinAttention(shift=shift, window=window), nn.Identity()).eval()
+    layer = (TinyFactoredAttention if factored else TinySwinAttention)(shift=shift, window=window)
+    return nn.Sequential(layer, nn.Identity()).eval()
 
 
 def _x(seed=1, side=16):
@@ -65,7 +84,7 @@ def _reference(layer: TinySwinAttention, x: torch.Tensor, mode: str, landmarks=1
     with torch.no_grad():
         b, h, w, c = x.shape
         q, k, v = layer.windows(x)
-        bias = layer.bias(h, w)
+        bias = layer.dense_bias(h, w) if isinstance(layer, TinyFactoredAttention) else layer.bias(h, w)
         if mode == "exact":
             out = exact_attention(q, k, v, bias)
         else:
@@ -194,7 +213,7 @@ def test_training_in_exact_mode_reaches_the_bias_table():
 
 
 def test_auto_runs_what_the_plan_says_and_caches_the_decision():
-    model, x = _model(shift=4, window=16), _x(side=32)
+    model, x = _model(shift=12, window=24), _x(side=48)  # N = 576: above auto's floor ladder
     patch_attention(model, "auto", landmarks=16, iters=2)
     assert attention_plan(model)[0]["ran"] is None
     with torch.inference_mode():
@@ -209,7 +228,8 @@ def test_auto_runs_what_the_plan_says_and_caches_the_decision():
         model(x)
     assert model[0].last_decision is decision  # measured once, then reused
     # only the chosen kernel's bias stays cached
-    assert len(model[0].attention_cache) == 1
+    kinds = {key[5] for key in STORE.keys_with_prefix(("layer", model[0]._bias_owner))}
+    assert kinds == ({"dense"} if chosen == "exact" else {"pooled"})
 
 
 def test_auto_uses_exact_when_landmarks_are_half_the_window_or_more():
@@ -220,24 +240,6 @@ def test_auto_uses_exact_when_landmarks_are_half_the_window_or_more():
     assert attention_plan(model)[0]["ran"] == "exact"
     assert attention_plan(model)[0]["reason"] == "landmarks >= N/2"
     torch.testing.assert_close(out, _reference(model[0], x, "exact"), rtol=0, atol=0)
-
-
-def test_auto_choice_needs_a_clear_win_for_nystrom():
-    assert auto.choose([10.0, 10.2, 9.9], [5.0, 5.1, 30.0]).choice == "nystrom"  # medians 10.0 vs 5.1
-    assert auto.choose([10.0, 10.0, 10.0], [9.5, 9.5, 9.5]).choice == "exact"  # within the margin
-    assert auto.choose([10.0, 10.0, 10.0], [10.0, 10.0, 10.0]).choice == "exact"  # tie
-    assert auto.choose([5.0, 5.0, 5.0], [10.0, 10.0, 10.0]).choice == "exact"
-    assert auto.choose([10.0, 10.0, 4.0], [5.0, 5.0, 5.0]).choice == "exact"  # exact's best run as good
-
-
-def test_auto_measurement_times_the_given_kernels():
-    import time
-
-    slow, fast = (lambda: time.sleep(0.03)), (lambda: time.sleep(0.001))
-    cpu = torch.device("cpu")
-    decision = auto.measure(slow, fast, cpu)  # a 30x gap: noise cannot flip it
-    assert decision.choice == "nystrom" and decision.exact_ms >= 30.0 and decision.nystrom_ms < decision.exact_ms
-    assert auto.measure(fast, slow, cpu).choice == "exact"
 
 
 def test_threads_running_one_layer_concurrently():
@@ -269,3 +271,108 @@ def test_threads_running_one_layer_concurrently():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError):
         patch_attention(_model(), "fast")
+
+
+# --------------------------------------------------------------------------------------------
+# Factored biases, the byte-bounded store
+
+
+@pytest.fixture
+def store():
+    """The process-wide store, emptied, with its budget restored afterwards."""
+    budget = STORE.budget
+    STORE.clear()
+    yield STORE
+    STORE.clear()
+    STORE.budget = budget
+
+
+def _owned_kinds(layer) -> set:
+    return {key[5] for key in STORE.keys_with_prefix(("layer", layer._bias_owner))}
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+@pytest.mark.parametrize("mode", ["exact", "nystrom"])
+def test_factored_bias_gives_the_dense_bias_results(store, shift, mode):
+    dense_model, factored_model, x = _model(shift), _model(shift, factored=True), _x(side=24)
+    factored_model.load_state_dict(dense_model.state_dict())
+    for model in (dense_model, factored_model):
+        patch_attention(model, mode)
+    with torch.inference_mode():
+        dense_out, factored_out = dense_model(x), factored_model(x)
+        again = factored_model(x)
+    assert factored_model[0].bias_builds == 1  # the description is cached per bias key
+    torch.testing.assert_close(factored_out, dense_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(factored_out, _reference(factored_model[0], x, mode), rtol=1e-5, atol=1e-6)
+    assert torch.equal(again, factored_out)
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_exact_without_any_cache_builds_the_bias_in_pieces(store, monkeypatch, shift):
+    """Budget 0 and 16 KB pieces (one head of one 8x8 window): same result, nothing kept."""
+    store.budget = 0
+    monkeypatch.setattr(resolve, "CHUNK_BYTES", 64 * 64 * 4)
+    model, x = _model(shift, factored=True), _x(side=24)
+    pieces = []
+    real = resolve.exact_attention
+    monkeypatch.setattr(resolve, "exact_attention", lambda q, k, v, bias=None: pieces.append(bias.shape) or real(q, k, v, bias))
+    with torch.inference_mode():
+        out = model(x)
+    torch.testing.assert_close(out, _reference(model[0], x, "exact"), rtol=1e-5, atol=1e-6)
+    assert store.nbytes == 0 and len(store) == 0
+    assert max(math.prod(shape) for shape in pieces) * 4 <= resolve.CHUNK_BYTES
+    assert len(pieces) == (3 * (1 + 5) if shift else 3)  # per head: the plain windows at once + 5 mixed ones
+
+
+def test_shifted_exact_adds_the_mask_only_on_mixed_windows(store, monkeypatch):
+    monkeypatch.setattr(resolve, "SMALL_FULL_BYTES", 0)  # no whole (nW, heads, N, N) bias
+    model, x = _model(4, factored=True), _x(side=24)  # 3 x 3 windows, 5 of them mixed
+    with torch.inference_mode():
+        out = model(x)
+    torch.testing.assert_close(out, _reference(model[0], x, "exact"), rtol=1e-5, atol=1e-6)
+    assert _owned_kinds(model[0]) == {"position", "mixed"}
+    mixed = [e.value for k, e in store._entries.items() if k[0] == "layer" and k[5] == "mixed"]
+    assert [m.shape for m in mixed] == [(5, 3, 64, 64)]
+    shared_mask = [e.value for k, e in store._entries.items() if k[0] == "shared"]
+    assert [m.shape for m in shared_mask] == [(5, 64, 64)]  # the mask rows of mixed windows, for every layer
+
+
+def test_cached_biases_never_exceed_the_budget(store):
+    store.budget = 200_000  # room for a few pieces, not for every layer's
+    layers = [_model(4, seed=s, factored=True) for s in range(6)]
+    x = _x(side=24)
+    with torch.inference_mode():
+        for _ in range(3):
+            for model in layers:
+                torch.testing.assert_close(model(x), _reference(model[0], x, "exact"), rtol=1e-5, atol=1e-6)
+                assert 0 < store.nbytes <= store.budget
+
+
+def test_nystrom_keeps_pooled_biases_only_and_shares_the_mask(store):
+    first, second, x = _model(4, seed=0, factored=True), _model(4, seed=1, factored=True), _x(side=24)
+    for model in (first, second):
+        patch_attention(model, "nystrom")
+    with torch.inference_mode():
+        first(x)
+        second(x)
+    assert _owned_kinds(first[0]) == _owned_kinds(second[0]) == {"pooled-position"}
+    shared = [k for k in store._entries if k[0] == "shared"]
+    assert len(shared) == 1 and shared[0][3] == "pooled-mask"  # one mask for both layers
+    largest = max(e.nbytes for e in store._entries.values())
+    assert largest < 3 * 64 * 64 * 4  # nothing as large as one dense (heads, N, N) bias
+
+
+def test_changed_weights_and_deleted_layers_release_their_entries(store):
+    model, other, x = _model(4, seed=0, factored=True), _model(4, seed=1, factored=True), _x(side=24)
+    with torch.inference_mode():
+        model(x)
+        before = model[0].bias_store_entries()
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(model(x), other(x), rtol=0, atol=0)
+    assert model[0].bias_store_entries() == before > 0  # replaced, not added to
+    clone = copy.deepcopy(model)
+    assert clone[0]._bias_owner != model[0]._bias_owner
+    owner = model[0]._bias_owner
+    del model
+    gc.collect()
+    assert not store.keys_with_prefix(("layer", owner))
