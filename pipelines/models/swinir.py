@@ -85,6 +85,19 @@ class SwinIRConfig:
 # Geometry helpers
 
 
+def _plain_tensors(build: Callable) -> Callable:
+    """Build cached geometry outside inference mode: a tensor first made under
+    ``torch.inference_mode`` could not be used later by a forward that records autograd
+    (training the bundled models uses the same code and caches)."""
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
 def relative_position_index(window: int) -> Tensor:
     """``(N, N)`` index into the ``(2w-1)**2`` bias table for every query/key pair of a window."""
     coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
@@ -93,6 +106,7 @@ def relative_position_index(window: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=32)
+@_plain_tensors
 def _window_regions(window: int, shift: int, height: int, width: int, device: torch.device) -> Tensor:
     """``(nW, N)`` region id of every token of every window after the cyclic shift.
 
@@ -112,6 +126,7 @@ def _window_regions(window: int, shift: int, height: int, width: int, device: to
 
 
 @functools.lru_cache(maxsize=32)
+@_plain_tensors
 def window_token_order(window: int, shift: int, height: int, width: int,
                        device: torch.device) -> Optional[Tuple[Tensor, Tensor]]:
     """Where each window token comes from: ``(order, inverse)`` over the ``H*W`` tokens.
@@ -130,6 +145,7 @@ def window_token_order(window: int, shift: int, height: int, width: int,
 
 
 @functools.lru_cache(maxsize=2)
+@_plain_tensors
 def shift_mask(window: int, shift: int, height: int, width: int, device=None) -> Tensor:
     """The official ``(nW, N, N)`` shifted-window mask (0 / -100) for a padded feature size.
 
@@ -431,6 +447,26 @@ class SwinIR(nn.Module):
         else:
             raise ValueError(f"unknown upsampler {c.upsampler!r}")
         self.info = self._make_info()
+        self._share_position_index()
+
+    def _share_position_index(self) -> None:
+        """One ``relative_position_index`` tensor per window size for the whole model.
+
+        It is geometry only, identical in every block (and every checkpoint stores the same
+        values), but (N, N) int64 per block: 36 x 134 MB for SwinIR-M at window 64 if each
+        block kept its own. The state dict still lists it under every block's key.
+        """
+        shared: Dict[Tuple[int, torch.device], Tensor] = {}
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                index = module.relative_position_index
+                module.relative_position_index = shared.setdefault((module.window_size, index.device), index)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda() convert every buffer separately, which would undo the sharing
+        out = super()._apply(fn, *args, **kwargs)
+        self._share_position_index()
+        return out
 
     def _make_info(self) -> ModelInfo:
         c = self.config
@@ -448,6 +484,7 @@ class SwinIR(nn.Module):
                 block.set_window(window, 0 if i % 2 == 0 else window // 2)
         self.window_size = window
         self.info = replace(self.info, size_multiple=window)
+        self._share_position_index()
         return self
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -358,3 +358,37 @@ def test_pad_to_multiple(h, w, multiple):
     assert np.array_equal(padded[0, 0].numpy(), expected)
     if ph < h and pw < w:  # where the official reflect padding works, it is what we do
         assert torch.equal(padded, F.pad(x, (0, pw, 0, ph), mode="reflect"))
+
+
+TINY = SwinIRConfig(img_size=16, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=8,
+                    mlp_ratio=2, upscale=1, upsampler="")
+
+
+def test_trains_after_inference_mode_built_the_geometry():
+    # Cached window geometry first built under inference_mode used to be an inference tensor,
+    # which a later forward recording autograd cannot save for backward.
+    torch.manual_seed(0)
+    model = SwinIR(TINY)
+    x = torch.rand(1, 3, 24, 24)
+    with torch.inference_mode():
+        model(x)
+    loss = model(x).square().mean()
+    loss.backward()
+    assert model.conv_first.weight.grad is not None
+
+
+def _position_indices(model):
+    return [m.relative_position_index for m in model.modules() if isinstance(m, swinir.WindowAttention)]
+
+
+def test_position_index_is_shared_by_all_blocks():
+    model = SwinIR(TINY)
+    ptrs = {t.data_ptr() for t in _position_indices(model)}
+    assert len(ptrs) == 1
+    model.resize_window(16)
+    indices = _position_indices(model)
+    assert len({t.data_ptr() for t in indices}) == 1 and indices[0].shape == (256, 256)
+    model.to("meta")  # a device move converts every buffer separately
+    assert len({id(t) for t in _position_indices(model)}) == 1
+    keys = [k for k in model.state_dict() if k.endswith("relative_position_index")]
+    assert len(keys) == sum(TINY.depths)  # still listed under every block's key
