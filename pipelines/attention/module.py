@@ -58,6 +58,19 @@ class WindowAttentionBase(nn.Module):
         self._auto_memo: Dict[Hashable, auto.Decision] = {}
         self._new_bias_owner()
 
+    # Geometry buffers that models may share between layers (one (N, N) index per window size
+    # instead of one per block: GBs at window 64). A state dict must not hand out shared
+    # storage (safetensors refuses it, and edits through one key would change others), so
+    # each key gets its own copy there; the copy is small at trained window sizes.
+    shared_buffers: Sequence[str] = ("relative_position_index",)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self.shared_buffers:
+            key = prefix + name
+            if key in destination and isinstance(destination[key], Tensor):
+                destination[key] = destination[key].clone()
+
     def _new_bias_owner(self) -> None:
         """A fresh identity in the bias store; the layer's entries go when the layer does."""
         owner = next(_OWNERS)

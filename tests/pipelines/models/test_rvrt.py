@@ -284,6 +284,10 @@ def test_resized_window_builds_bias_index_and_masks(tmp_path, tiny_sr):
     again = load_model(save(tmp_path, model, "resized.pth"))
     assert again.config.window_size == (2, 16, 16)
     assert torch.equal(run(again, x), out)
+    # ... and through safetensors, which refuses state dicts whose entries share storage.
+    from safetensors.torch import save_file
+    save_file(model.state_dict(), str(tmp_path / "resized.safetensors"))
+    assert torch.equal(run(load_model(tmp_path / "resized.safetensors"), x), out)
 
 
 def test_resizing_to_the_same_window_changes_nothing():

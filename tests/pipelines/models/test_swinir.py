@@ -392,3 +392,18 @@ def test_position_index_is_shared_by_all_blocks():
     assert len({id(t) for t in _position_indices(model)}) == 1
     keys = [k for k in model.state_dict() if k.endswith("relative_position_index")]
     assert len(keys) == sum(TINY.depths)  # still listed under every block's key
+
+
+def test_state_dict_with_shared_index_saves_with_safetensors(tmp_path):
+    # Sharing the index between blocks made every block's state-dict entry the same storage,
+    # which safetensors refuses ("Some tensors share memory").
+    from safetensors.torch import load_file, save_file
+
+    model = SwinIR(TINY)
+    state = model.state_dict()
+    save_file(state, str(tmp_path / "m.safetensors"))
+    loaded = load_file(str(tmp_path / "m.safetensors"))
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    # the copies are the state dict's own: the model's shared index stays shared
+    assert len({t.data_ptr() for t in _position_indices(model)}) == 1
