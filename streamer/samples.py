@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Sequence
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipelines import degradations
 
@@ -35,6 +36,13 @@ def camera_pan(frames: int, width: int, height: int, photo: str = "astronaut") -
     # The view covers at most 80 % of the photo so there is room to move, keeps the
     # output aspect ratio, and never samples outside the photo.
     base = 0.8 * min(sw / width, sh / height)
+    if base > 1:
+        # Low-pass first, as a camera's optics do: point-sampling a photo several times larger
+        # than the frame aliases it into texture no real video has (the bundled denoiser gained
+        # 0.7 dB on such 96x64 clips and 3.6 dB on the same frames pre-filtered). Sampling
+        # coordinates are normalised, so the smaller photo is sampled at the same places.
+        src = F.interpolate(src, size=(round(sh / base), round(sw / base)), mode="bicubic",
+                            align_corners=False, antialias=True).clamp(0, 1)
     out = np.empty((frames, height, width, 3), np.uint8)
     ys = torch.linspace(-1, 1, height)
     xs = torch.linspace(-1, 1, width)
@@ -47,7 +55,7 @@ def camera_pan(frames: int, width: int, height: int, photo: str = "astronaut") -
         gx = (cx + xs * vw / 2) / (sw / 2) - 1
         gy = (cy + ys * vh / 2) / (sh / 2) - 1
         grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
-        view = torch.nn.functional.grid_sample(src, grid, mode="bicubic", align_corners=False)
+        view = F.grid_sample(src, grid, mode="bicubic", align_corners=False)
         out[t] = (view[0].clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
     return out
 
