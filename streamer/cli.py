@@ -165,8 +165,14 @@ def configure_openmp() -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     configure_openmp()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["models"] and len(argv) == 1:
-        return list_models()
+    if argv[:1] == ["models"]:
+        if argv[1:] in ([], ["-h"], ["--help"]):
+            if argv[1:]:
+                print(f"usage: {PROG} models\n\nList the model presets: task, architecture, licence, "
+                      "whether the weights are cached.")
+                return 0
+            return list_models()
+        return _fail(f"`{PROG} models` takes no arguments (got {' '.join(argv[1:])})", 2)
     args = build_parser().parse_args(argv)
     logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
     # SIGTERM cleans up like Ctrl-C: no worker left behind, nothing broken under OUTPUT.

@@ -97,7 +97,6 @@ class Stats:
     worker: str = ""
     frames_in: int = 0
     frames_out: int = 0
-    dropped: int = 0
     seconds: float = 0.0
     fps: float = 0.0
     startup_seconds: Optional[float] = None  # until the first restored frame was written
@@ -162,6 +161,8 @@ def check_options(opts: Options) -> None:
         raise UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
     if opts.fp16 and device.type != "cuda":
         raise UsageError("--fp16 needs --device cuda (half precision is slower than float32 on a CPU)")
+    if device.type == "cuda" and (opts.workers or opts.threads_per_worker):
+        raise UsageError("--workers and --threads-per-worker are for --device cpu (one GPU worker runs the model)")
     if isinstance(opts.model, nn.Module) and opts.window is not None:
         raise UsageError("window= applies to checkpoints and presets, not to a model object")
 
