@@ -22,9 +22,14 @@ test: venv
 demo: venv
 	$(PY) -m streamer.demo
 
+# Each prints JSON; figures worth keeping go to benchmarks/RESULTS.md with date and machine.
 bench: venv
 	$(PY) benchmarks/attention.py
-	$(PY) benchmarks/swinir.py
+	$(PY) benchmarks/swinir.py --quick
+	$(PY) benchmarks/uformer.py --quick
+	$(PY) benchmarks/rvrt.py --quick
+	$(PY) benchmarks/pipeline.py --quick
+	$(PY) -m pipelines.weights.evaluate
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,10 +8,10 @@ Reported: seconds per form, the Nystrom/exact speed-up, the share of attention c
 leaves, ``(T_nystrom - T_floor) / (T_exact - T_floor)``, and the PSNR of the Nystrom output
 against the exact one.
 
-At window (2, 64, 64) one layer's dense bias (heads x 8192 x 8192 floats) is 1.6 GB, so exact mode
-caches dense biases only if all layers' fit in ``--max-bias-gb``; otherwise each exact call
-gathers its bias again (as the official code does on every call) — ``exact_bias_cached`` says
-which. Nystrom caches only its pooled biases (small) either way.
+At window (2, 64, 64) one layer's dense bias (heads x 8192 x 8192 floats) is 1.6 GB: what exact
+mode keeps is bounded by the process-wide bias store (``NYSTRA_BIAS_CACHE_MB``, default
+min(2 GiB, RAM / 8)); beyond it, exact calls rebuild their biases from the position table
+(``exact_bias_build_seconds`` says how long that took). Nystrom keeps only pooled biases (small).
 
     .venv/bin/python benchmarks/rvrt.py --quick    # 2 frames (one clip) of 64x64, one repetition
     .venv/bin/python benchmarks/rvrt.py            # 4 frames (deformable alignment runs too)
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.attention import patch_attention  # noqa: E402
-from pipelines.attention.cache import BiasCache  # noqa: E402
+from pipelines.attention.store import STORE  # noqa: E402
 from pipelines.models import rvrt  # noqa: E402
 from pipelines.models.rvrt import RVRT, RVRTConfig  # noqa: E402
 from pipelines.models.rvrt_blocks import WindowAttention3D  # noqa: E402
@@ -77,40 +77,17 @@ class BiasTimer:
         return attend
 
 
-def set_form(model: RVRT, form: str, caches: Dict[str, Dict[int, BiasCache]], timer: BiasTimer) -> None:
-    """Switch the attention kernel, and give each layer that form's own bias cache (so exact's
-    "no dense caching" never evicts Nystrom's pooled biases)."""
+def set_form(model: RVRT, form: str, timer: BiasTimer) -> None:
+    """Switch the attention kernel (``floor``: attention replaced by identity on v)."""
     for module in model.modules():
         if isinstance(module, WindowAttention3D):
             module.__dict__.pop("attend", None)  # back to the class's attend
             if form == "floor":
                 module.attend = identity_attend
-            else:
-                module.attention_cache = caches[form][id(module)]
-                if form == "exact":
-                    module.attend = timer.wrap(module)
+            elif form == "exact":
+                module.attend = timer.wrap(module)
     if form in ("exact", "nystrom"):
         patch_attention(model, form, landmarks=LANDMARKS, iters=ITERS)
-
-
-def dense_bias_bytes(model: RVRT, size: int) -> int:
-    """What exact mode would cache: each layer's (windows x) heads x N x N float bias."""
-    total = 0
-    for module in model.modules():
-        if isinstance(module, WindowAttention3D):
-            grid = [min(w, size) if i else w for i, w in enumerate(module.window)]
-            n = math.prod(grid)
-            shifted_windows = (-(-size // grid[1])) ** 2 if size > grid[1] else 1
-            total += shifted_windows * module.num_heads * n * n * 4
-    return total
-
-
-def bias_caches(model: RVRT, cache_dense: bool) -> Dict[str, Dict[int, BiasCache]]:
-    layers = [m for m in model.modules() if isinstance(m, WindowAttention3D)]
-    return {
-        "exact": {id(m): BiasCache(max_entries=8 if cache_dense else 0) for m in layers},
-        "nystrom": {id(m): BiasCache() for m in layers},
-    }
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -124,15 +101,12 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--size", type=int, default=64, help="LR frame side (features are this size)")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--max-bias-gb", type=float, default=6.0)
     args = parser.parse_args(argv)
     frames = args.frames or (2 if args.quick else 4)
     reps = args.reps or 1
 
     config = RVRTConfig()  # the released video-SR architecture (embed 144, heads 6, ...)
     model = rvrt.from_state_dict(random_state_dict(config), window=64).eval()
-    cache = dense_bias_bytes(model, args.size) <= args.max_bias_gb * 2**30
-    caches = bias_caches(model, cache)
     x = torch.rand(1, frames, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
     times: Dict[str, List[float]] = {f: [] for f in FORMS}
@@ -140,14 +114,14 @@ def main(argv=None) -> None:
     bias_seconds: List[float] = []
     with torch.inference_mode():
         # Warm-up builds the cached biases (per layer, fixed once the weights are): Nystrom's
-        # pooled ones always, exact's dense ones if they fit. Uncached exact has nothing to warm.
-        for form in (("exact", "nystrom") if cache else ("nystrom",)):
-            set_form(model, form, caches, BiasTimer())
+        # pooled ones, and exact's dense ones as far as the bias store's budget allows.
+        for form in ("exact", "nystrom"):
+            set_form(model, form, BiasTimer())
             model(x)
         for _ in range(reps):
             for form in FORMS:
                 timer = BiasTimer()
-                set_form(model, form, caches, timer)
+                set_form(model, form, timer)
                 start = time.perf_counter()
                 outputs[form] = model(x)
                 times[form].append(time.perf_counter() - start)
@@ -170,7 +144,8 @@ def main(argv=None) -> None:
                                  if attention_exact > 0 else None),
         "psnr_nystrom_vs_exact_db": round(psnr(outputs["nystrom"], outputs["exact"]), 2),
         "psnr_floor_vs_exact_db": round(psnr(outputs["floor"], outputs["exact"]), 2),
-        "exact_bias_cached": cache,
+        "bias_store_budget_mb": round(STORE.budget / 2**20),
+        "bias_store_used_mb": round(STORE.nbytes / 2**20),
         "exact_bias_build_seconds": round(statistics.median(bias_seconds), 3),
     }
     print(json.dumps(report, indent=2))

@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.attention import patch_attention  # noqa: E402
+from pipelines.attention.store import STORE  # noqa: E402
 from pipelines.models import swinir  # noqa: E402
 from pipelines.models.swinir import SwinIR, SwinIRConfig  # noqa: E402
 
@@ -103,21 +104,6 @@ def set_form(model: SwinIR, form: str, chunk_bytes: int) -> None:
         patch_attention(model, form, landmarks=16, iters=2)
 
 
-def dense_bias_bytes(config: SwinIRConfig, window: int, size: int) -> int:
-    """Memory our exact mode would hold if every layer cached its dense bias for this size."""
-    padded = -(-size // window) * window
-    n, windows, heads = window * window, (padded // window) ** 2, config.num_heads[0]
-    blocks = sum(config.depths)
-    return (blocks // 2) * heads * n * n * 4 + (blocks - blocks // 2) * windows * heads * n * n * 4
-
-
-def limit_bias_cache(model: SwinIR, cache: bool) -> None:
-    for module in model.modules():
-        if isinstance(module, swinir.WindowAttention) and hasattr(module, "attention_cache"):
-            module.attention_cache.clear()
-            module.attention_cache.max_entries = 8 if cache else 0
-
-
 def timed(model: SwinIR, x: torch.Tensor):
     """(wall seconds, process CPU seconds, output); CPU time is steadier on a busy machine."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -132,8 +118,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dict:
     model = swinir.from_state_dict(state_dict, window=window).eval()
-    cache = dense_bias_bytes(model.config, window, size) <= args.max_bias_gb * 2**30
-    limit_bias_cache(model, cache)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     times: Dict[str, List[float]] = {f: [] for f in FORMS}
     cpu_times: Dict[str, List[float]] = {f: [] for f in FORMS}
@@ -172,7 +156,7 @@ def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dic
         "exact_matches_official": bool(torch.allclose(outputs["exact"], outputs["official"], atol=1e-4, rtol=1e-4)),
         "max_abs_diff_exact_vs_official": float((outputs["exact"] - outputs["official"]).abs().max()),
         "psnr_nystrom_vs_exact_db": round(psnr(outputs["nystrom"], outputs["exact"]), 2),
-        "exact_bias_cached": cache,
+        "bias_store_used_mb": round(STORE.nbytes / 2**20),
     }
 
 
@@ -199,8 +183,6 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--chunk-mb", type=int, default=512, help="score memory per chunk (official form)")
-    parser.add_argument("--max-bias-gb", type=float, default=8.0,
-                        help="exact mode caches dense biases only if all layers' fit in this budget")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([128] if args.quick else [128, 256])
     windows = args.windows or ([8, 32] if args.quick else [8, 32, 64])
@@ -218,6 +200,7 @@ def main(argv=None) -> None:
         "model": "SwinIR-M colour denoising (embed 180, depths 6x6, heads 6, mlp 2, img_size 128), random weights",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick, "reps": reps,
         "nystrom": {"landmarks": 16, "iters": 2},
+        "bias_store_budget_mb": round(STORE.budget / 2**20),
         "results": results,
         "goals": goals(results),
     }
