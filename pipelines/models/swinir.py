@@ -29,14 +29,16 @@ Choices beyond the official code (documented here because checkpoints cannot say
 * Padding: reflect as the official code; where reflect cannot pad that far (pad >= size, e.g.
   a 20-pixel-high input at window 64) the mirror pattern continues periodically
   (``abcdcbabcd...``), which equals reflect wherever reflect is defined.
+
+Layout: this file holds the architecture; window geometry and the inference buffers are in
+:mod:`.swinir_geometry`, state-dict recognition and config inference in :mod:`.swinir_loading`.
+Both are re-exported here, so ``pipelines.models.swinir`` stays the one import path.
 """
 from __future__ import annotations
 
-import functools
 import math
-import re
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +46,13 @@ from torch import Tensor, nn
 
 from ..attention.bias import RegionMask, RelativePositionBias, WindowBias
 from ..attention.module import WindowAttentionBase
-from ..attention.workspace import scratch
-from ..errors import CheckpointError
 from .base import ModelInfo
+from .swinir_geometry import (_MASKED, _gather, _linear, _window_regions, pad_to_multiple,
+                              relative_position_index, shift_mask, window_token_order)
 
 NAME = "swinir"
 
-_TABLE_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn\.relative_position_bias_table$")
-_MASK_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn_mask$")
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
-_MASKED = -100.0                        # the official shift-mask value (not -inf)
 
 
 @dataclass
@@ -79,131 +78,6 @@ class SwinIRConfig:
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
         self.num_heads = tuple(int(h) for h in self.num_heads)
-
-
-# --------------------------------------------------------------------------------------------
-# Geometry helpers
-
-
-def _plain_tensors(build: Callable) -> Callable:
-    """Build cached geometry outside inference mode: a tensor first made under
-    ``torch.inference_mode`` could not be used later by a forward that records autograd
-    (training the bundled models uses the same code and caches)."""
-
-    @functools.wraps(build)
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode(False):
-            return build(*args, **kwargs)
-
-    return wrapper
-
-
-def relative_position_index(window: int) -> Tensor:
-    """``(N, N)`` index into the ``(2w-1)**2`` bias table for every query/key pair of a window."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    delta = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), offsets made >= 0
-    return delta[0] * (2 * window - 1) + delta[1]
-
-
-@functools.lru_cache(maxsize=32)
-@_plain_tensors
-def _window_regions(window: int, shift: int, height: int, width: int, device: torch.device) -> Tensor:
-    """``(nW, N)`` region id of every token of every window after the cyclic shift.
-
-    Tokens of different regions were not neighbours before the roll, so they must not attend
-    to each other. Small (one int per token), so cached per padded size.
-    """
-
-    def bands(n: int) -> Tensor:
-        ids = torch.zeros(n, dtype=torch.int64, device=device)
-        ids[n - window:] = 1
-        ids[n - shift:] = 2
-        return ids
-
-    regions = bands(height)[:, None] * 3 + bands(width)[None, :]
-    regions = regions.view(height // window, window, width // window, window).transpose(1, 2)
-    return regions.reshape(-1, window * window)
-
-
-@functools.lru_cache(maxsize=32)
-@_plain_tensors
-def window_token_order(window: int, shift: int, height: int, width: int,
-                       device: torch.device) -> Optional[Tuple[Tensor, Tensor]]:
-    """Where each window token comes from: ``(order, inverse)`` over the ``H*W`` tokens.
-
-    ``tokens[:, order]`` is the cyclic roll by ``-shift`` followed by the window partition
-    (windows row-major, tokens row-major inside each), in one gather; ``[:, inverse]`` undoes
-    both. None when the result is the identity (no shift, windows as wide as the map).
-    """
-    if shift == 0 and window == width:
-        return None
-    rows = (torch.arange(height, device=device) + shift) % height
-    cols = (torch.arange(width, device=device) + shift) % width
-    source = rows[:, None] * width + cols[None, :]
-    order = source.view(height // window, window, width // window, window).transpose(1, 2).reshape(-1)
-    return order, torch.argsort(order)
-
-
-@functools.lru_cache(maxsize=2)
-@_plain_tensors
-def shift_mask(window: int, shift: int, height: int, width: int, device=None) -> Tensor:
-    """The official ``(nW, N, N)`` shifted-window mask (0 / -100) for a padded feature size.
-
-    Built once per size and shared by every shifted block (read-only: callers add it to their
-    bias). Only the latest two sizes are kept: at window 64 a mask is hundreds of MB.
-    """
-    regions = _window_regions(window, shift, height, width, torch.device(device or "cpu"))
-    return (regions[:, None, :] != regions[:, :, None]).float() * _MASKED
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad bottom/right to a multiple: reflect (official), mirrored periodically if pad >= size."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    if pad_h < height and pad_w < width:
-        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-    return x.index_select(-2, _mirror_index(height, height + pad_h, x.device)).index_select(
-        -1, _mirror_index(width, width + pad_w, x.device))
-
-
-def _mirror_index(size: int, total: int, device: torch.device) -> Tensor:
-    if size == 1:
-        return torch.zeros(total, dtype=torch.int64, device=device)
-    period = 2 * (size - 1)
-    pos = torch.arange(total, device=device) % period
-    return torch.where(pos < size, pos, period - pos)
-
-
-# --------------------------------------------------------------------------------------------
-# Inference temporaries: large activations go into reused per-thread buffers, because a fresh
-# multi-MB CPU tensor costs page faults on every call (~20% of the qkv matmul's time).
-
-
-def _buffer(role: str, shape: Tuple[int, ...], like: Tensor) -> Optional[Tensor]:
-    """A reused buffer for a temporary that dies inside the block; None while autograd records."""
-    if torch.is_grad_enabled():
-        return None
-    return scratch("swinir." + role, shape, like.dtype, like.device)
-
-
-def _linear(layer: nn.Linear, x: Tensor, role: str) -> Tensor:
-    """``layer(x)`` (the same kernel), written into the ``role`` buffer in inference."""
-    out = _buffer(role, tuple(x.shape[:-1]) + (layer.out_features,), x)
-    if out is None:
-        return layer(x)
-    flat, out_flat = x.reshape(-1, x.shape[-1]), out.view(-1, layer.out_features)
-    if layer.bias is None:
-        torch.mm(flat, layer.weight.t(), out=out_flat)
-    else:
-        torch.addmm(layer.bias, flat, layer.weight.t(), out=out_flat)
-    return out
-
-
-def _gather(tokens: Tensor, index: Tensor, role: str) -> Tensor:
-    out = _buffer(role, tuple(tokens.shape), tokens)
-    return tokens.index_select(1, index) if out is None else torch.index_select(tokens, 1, index, out=out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,107 +394,6 @@ class SwinIR(nn.Module):
         return x[..., :height * self.upscale, :width * self.upscale]
 
 
-# --------------------------------------------------------------------------------------------
-# Registry protocol: recognise a state dict, infer its config, build and load it
-
-
-def matches(state_dict: Mapping[str, Tensor]) -> bool:
-    return ("conv_first.weight" in state_dict
-            and "layers.0.residual_group.blocks.0.attn.relative_position_bias_table" in state_dict)
-
-
-def _window_from_table(rows: int, key: str) -> int:
-    side = math.isqrt(rows)
-    if side * side != rows or side % 2 == 0:
-        raise CheckpointError(f"{key} has {rows} rows, not (2w-1)**2 for a window w")
-    return (side + 1) // 2
-
-
-def infer_config(state_dict: Mapping[str, Tensor], img_range: Optional[float] = None) -> SwinIRConfig:
-    """Every hyper-parameter from key names and shapes (``img_range``: see module docstring)."""
-    sd = state_dict
-    try:
-        embed_dim, in_chans = sd["conv_first.weight"].shape[:2]
-        tables: Dict[int, Dict[int, Tensor]] = {}
-        for key, value in sd.items():
-            found = _TABLE_KEY.match(key)
-            if found:
-                tables.setdefault(int(found[1]), {})[int(found[2])] = value
-        if sorted(tables) != list(range(len(tables))):
-            raise CheckpointError("SwinIR checkpoint has gaps in its layer numbering")
-        depths = tuple(len(tables[i]) for i in range(len(tables)))
-        num_heads = tuple(tables[i][0].shape[1] for i in range(len(tables)))
-        windows = {_window_from_table(t.shape[0], "relative_position_bias_table")
-                   for blocks in tables.values() for t in blocks.values()}
-        if len(windows) != 1:
-            raise CheckpointError(f"SwinIR checkpoint mixes window sizes {sorted(windows)}")
-        window = windows.pop()
-
-        masks = [v for k, v in sd.items() if _MASK_KEY.match(k)]
-        if masks:  # (nW, N, N) for the square img_size grid
-            per_side = math.isqrt(masks[0].shape[0])
-            if per_side * per_side != masks[0].shape[0]:
-                raise CheckpointError("SwinIR attn_mask does not describe a square img_size")
-            img_size = per_side * window
-        elif max(depths) > 1:
-            img_size = window  # shifted blocks without a mask: the img_size <= window rule fired
-        else:
-            img_size = max(64, 2 * window)  # never shifts: img_size only must not trigger the rule
-
-        hidden = sd["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
-        if "conv_after_body.weight" in sd:
-            resi = "1conv"
-        elif "conv_after_body.0.weight" in sd:
-            resi = "3conv"
-        else:
-            raise CheckpointError("SwinIR checkpoint has no conv_after_body")
-
-        num_feat = 64
-        if "conv_up1.weight" in sd:
-            upsampler, upscale = "nearest+conv", 4 if "conv_up2.weight" in sd else 2
-            num_feat = sd["conv_up1.weight"].shape[0]
-        elif "conv_before_upsample.0.weight" in sd:
-            upsampler = "pixelshuffle"
-            num_feat = sd["conv_before_upsample.0.weight"].shape[0]
-            stages = [k for k in sd if re.fullmatch(r"upsample\.\d+\.weight", k)]
-            first = sd["upsample.0.weight"].shape[0]
-            upscale = 3 if len(stages) == 1 and first == 9 * num_feat else 2 ** len(stages)
-        elif "upsample.0.weight" in sd:
-            upsampler = "pixelshuffledirect"
-            upscale = math.isqrt(sd["upsample.0.weight"].shape[0] // in_chans)
-        else:
-            upsampler, upscale = "", 1
-    except KeyError as err:
-        raise CheckpointError(f"SwinIR checkpoint is missing {err.args[0]}") from None
-
-    return SwinIRConfig(
-        img_size=img_size, in_chans=int(in_chans), embed_dim=int(embed_dim), depths=depths,
-        num_heads=num_heads, window_size=window, mlp_ratio=hidden / embed_dim,
-        qkv_bias="layers.0.residual_group.blocks.0.attn.qkv.bias" in sd, upscale=upscale,
-        img_range=float(img_range) if img_range is not None else (255.0 if window == 7 else 1.0),
-        upsampler=upsampler, resi_connection=resi, patch_norm="patch_embed.norm.weight" in sd,
-        ape="absolute_pos_embed" in sd, num_feat=int(num_feat))
-
-
-def _check_keys(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
-    """One-line error instead of torch's multi-line strict-load message."""
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in sd]
-    problems += [f"unexpected {k}" for k in sd if k not in expected]
-    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
-                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError("SwinIR checkpoint does not match its inferred architecture: "
-                              + "; ".join(problems[:3]) + more)
-
-
-def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = None,
-                    img_range: Optional[float] = None) -> SwinIR:
-    """Build the model a state dict describes, load it strictly, optionally resize its window."""
-    model = SwinIR(infer_config(state_dict, img_range=img_range))
-    _check_keys(model, state_dict)
-    model.load_state_dict(state_dict, strict=True)
-    if window is not None:
-        model.resize_window(window)
-    return model
+# Registry protocol and config inference (spandrel-like loading) live in swinir_loading, which
+# builds on the classes above: imported last so it finds them defined.
+from .swinir_loading import from_state_dict, infer_config, matches  # noqa: E402

@@ -34,20 +34,25 @@ checkpoints: see :func:`infer_config` for how it is recovered (128 when nothing 
 Not supported: ``cross_modulator`` (unused by every released model; refused with a clear error).
 ``info.task`` is ``"denoise"``: the SIDD and GoPro checkpoints have identical layouts, so presets that
 know better set it with ``dataclasses.replace(model.info, task="deblur")``.
+
+Layout: the architecture is here; window geometry is in :mod:`.uformer_geometry` and state-dict
+recognition / config inference in :mod:`.uformer_loading`, both re-exported here.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias
-from ..errors import CheckpointError
 from .base import ModelInfo
+from .uformer_geometry import (add_per_window, merge_window_heads, reflect_pad_to, relative_position_index,
+                               resize_bias_table, resize_modulator, shift_attention_mask, shift_regions,
+                               window_heads)
 
 NAME = "uformer"
 
@@ -99,86 +104,6 @@ class UformerConfig:
         for level in range(5):
             multiple = math.lcm(multiple, 2 ** level * self.level_window(level)[0])
         return multiple
-
-
-# --------------------------------------------------------------------------------------------------
-# window helpers
-
-
-def relative_position_index(window: int) -> Tensor:
-    """(N, N) index into the ((2w-1)^2, heads) bias table for token pairs of a w x w window."""
-    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()])  # 2, N
-    delta = coords[:, :, None] - coords[:, None, :] + (window - 1)  # both offsets now >= 0
-    return delta[0] * (2 * window - 1) + delta[1]
-
-
-def window_heads(x: Tensor, window: int, groups: int, heads: int) -> Tensor:
-    """(B, H, W, groups*heads*d) map -> (groups, B, nW, heads, N, d), windows in raster order.
-
-    Window partition and head split in one permute-copy (channels are (group, head, d) as in
-    the official ``reshape(B_, N, 2, heads, C // heads)``).
-    """
-    b, h, w, c = x.shape
-    rows, cols, d = h // window, w // window, c // (groups * heads)
-    x = x.view(b, rows, window, cols, window, groups, heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7)
-    return x.reshape(groups, b, rows * cols, heads, window * window, d)
-
-
-def merge_window_heads(x: Tensor, h: int, w: int) -> Tensor:
-    """Inverse of :func:`window_heads` for one group: (B, nW, heads, N, d) -> (B, H, W, heads*d)."""
-    b, _, heads, n, d = x.shape
-    window = math.isqrt(n)
-    x = x.view(b, h // window, w // window, heads, window, window, d).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, h, w, heads * d)
-
-
-def shift_regions(h: int, w: int, window: int, shift: int, device=None) -> Tensor:
-    """(nW, N) image region of every token of every shifted window, before the cyclic roll."""
-
-    def bands(n: int) -> Tensor:  # official slices (0:-window), (-window:-shift), (-shift:)
-        ids = torch.zeros(n, dtype=torch.int64, device=device)
-        ids[n - window:] = 1
-        ids[n - shift:] = 2
-        return ids
-
-    region = (bands(h)[:, None] * 3 + bands(w)[None, :]).view(1, h, w, 1)
-    return window_heads(region, window, 1, 1)[0, 0, :, 0, :, 0]  # nW, N
-
-
-def shift_attention_mask(h: int, w: int, window: int, shift: int, device=None) -> Tensor:
-    """(nW, N, N) mask for shifted windows: -100 (the official value, not -inf) between tokens that
-    came from different image regions before the cyclic roll, 0 elsewhere."""
-    labels = shift_regions(h, w, window, shift, device)
-    different = labels[:, None, :] != labels[:, :, None]
-    return torch.zeros(different.shape, device=device).masked_fill_(different, -100.0)
-
-
-def add_per_window(x: Tensor, embedding: Tensor, window: int) -> Tensor:
-    """x (B, H, W, C) + embedding (window*window, C) at each token's position inside its window."""
-    b, h, w, c = x.shape
-    grid = x.view(b, h // window, window, w // window, window, c)
-    return (grid + embedding.view(1, 1, window, 1, window, c)).view(b, h, w, c)
-
-
-def resize_bias_table(table: Tensor, window: int) -> Tensor:
-    """((2w-1)^2, heads) -> ((2W-1)^2, heads), bicubic over the 2-D offset grid."""
-    return _resize_grid(table, 2 * window - 1)
-
-
-def resize_modulator(weight: Tensor, window: int) -> Tensor:
-    """(w*w, dim) per-window-position embedding -> (W*W, dim), bicubic over the w x w grid."""
-    return _resize_grid(weight, window)
-
-
-def _resize_grid(rows: Tensor, side: int) -> Tensor:
-    """(s*s, ch) values on an s x s raster grid -> (side*side, ch), bicubic (align_corners=False)."""
-    old = math.isqrt(rows.shape[0])
-    if old == side:
-        return rows
-    grid = rows.detach().float().T.reshape(1, -1, old, old)
-    grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
-    return grid.reshape(-1, side * side).T.contiguous().to(rows.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,108 +404,5 @@ class Uformer(nn.Module):
         return self.forward_padded(x)[..., top:top + h, left:left + w]
 
 
-def reflect_pad_to(x: Tensor, height: int, width: int) -> Tensor:
-    """Pad bottom/right to (height, width) by mirroring (as SwinIR pads): where one reflection is not
-    enough the mirror pattern repeats (abcdcbabcd...); a 1-pixel side is replicated."""
-    h, w = x.shape[-2:]
-    if height - h < h and width - w < w:
-        return F.pad(x, (0, width - w, 0, height - h), mode="reflect") if (h, w) != (height, width) else x
-    return x.index_select(-2, _mirror_index(h, height, x.device)).index_select(-1, _mirror_index(w, width, x.device))
-
-
-def _mirror_index(size: int, total: int, device: torch.device) -> Tensor:
-    if size == 1:
-        return torch.zeros(total, dtype=torch.int64, device=device)
-    pos = torch.arange(total, device=device) % (2 * (size - 1))
-    return torch.where(pos < size, pos, 2 * (size - 1) - pos)
-
-
-# --------------------------------------------------------------------------------------------------
-# registry protocol: recognise, infer, build
-
-
-def matches(state_dict: Mapping[str, Tensor]) -> bool:
-    return ("input_proj.proj.0.weight" in state_dict and "output_proj.proj.0.weight" in state_dict
-            and "encoderlayer_0.blocks.0.attn.relative_position_bias_table" in state_dict)
-
-
-def _table_window(table: Tensor) -> int:
-    side = math.isqrt(table.shape[0])
-    if side * side != table.shape[0] or side % 2 == 0:
-        raise CheckpointError(f"a relative_position_bias_table has {table.shape[0]} rows, not (2w-1)**2")
-    return (side + 1) // 2
-
-
-def infer_config(state_dict: Mapping[str, Tensor]) -> UformerConfig:
-    """The config of an (unwrapped) official state dict.
-
-    ``img_size`` is read from stages whose bias table is smaller than the window (the official clamp
-    left a trace). Without such a trace it cannot be told apart from larger sizes: the released value
-    128 is assumed when consistent (window <= 8), else the smallest consistent size ``16 * window``;
-    both leave the bottleneck exactly one window at training size (so it never shifts), as released.
-    ``shift_flag`` is not visible either and taken as True (official default, released models).
-    """
-    sd = state_dict
-    if any("cross_modulator" in k for k in sd):
-        raise CheckpointError("Uformer with cross_modulator is not supported")
-    try:
-        first = sd["input_proj.proj.0.weight"]
-        depths, heads, windows = [], [], []
-        for name in STAGES:
-            blocks = {int(k.split(".")[2]) for k in sd if k.startswith(f"{name}.blocks.")}
-            if not blocks or blocks != set(range(len(blocks))):
-                raise CheckpointError(f"Uformer checkpoint has no or gapped blocks in {name}")
-            table = sd[f"{name}.blocks.0.attn.relative_position_bias_table"]
-            depths.append(len(blocks))
-            heads.append(int(table.shape[1]))
-            windows.append(_table_window(table))
-        block = "encoderlayer_0.blocks.0"
-        conv_projection = f"{block}.attn.qkv.to_q.depthwise.weight" in sd
-        leff = f"{block}.mlp.linear1.0.weight" in sd
-        hidden = sd[f"{block}.mlp.linear1.0.weight" if leff else f"{block}.mlp.fc1.weight"].shape[0]
-        win_size = windows[0]
-        img_size = RELEASED_IMG_SIZE if RELEASED_IMG_SIZE // 16 >= win_size else 16 * win_size
-        for level in range(5):  # STAGES[level] runs at ``level``; the shallowest clamp pins img_size
-            if windows[level] < win_size:
-                img_size = windows[level] * 2 ** level
-                break
-    except KeyError as err:
-        raise CheckpointError(f"Uformer checkpoint is missing {err.args[0]}") from None
-    return UformerConfig(
-        embed_dim=int(first.shape[0]), depths=tuple(depths), num_heads=tuple(heads), win_size=win_size,
-        img_size=img_size, mlp_ratio=hidden / first.shape[0],
-        token_projection="conv" if conv_projection else "linear", token_mlp="leff" if leff else "ffn",
-        modulator="decoderlayer_0.blocks.0.modulator.weight" in sd,
-        qkv_bias=conv_projection or f"{block}.attn.qkv.to_q.bias" in sd,
-        in_chans=int(sd["output_proj.proj.0.weight"].shape[0]), dd_in=int(first.shape[1]))
-
-
-def _check_keys(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
-    """One-line error instead of torch's multi-line strict-load message."""
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in sd]
-    problems += [f"unexpected {k}" for k in sd if k not in expected]
-    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
-                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError("Uformer checkpoint does not match its inferred architecture: "
-                              + "; ".join(problems[:3]) + more)
-
-
-def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = None,
-                    img_size: Optional[int] = None) -> Uformer:
-    """Build the Uformer a state dict describes, load it strictly, optionally resize its window.
-
-    ``img_size`` overrides the inferred one (see :func:`infer_config`); ``window``: see
-    :meth:`Uformer.resize_window`.
-    """
-    config = infer_config(state_dict)
-    if img_size is not None:
-        config = replace(config, img_size=int(img_size))
-    model = Uformer(config)
-    _check_keys(model, state_dict)
-    model.load_state_dict(state_dict, strict=True)
-    if window is not None:
-        model.resize_window(window)
-    return model
+# Registry protocol (spandrel-like loading) builds on the classes above, so it is imported last.
+from .uformer_loading import from_state_dict, infer_config, matches  # noqa: E402
