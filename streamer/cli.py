@@ -148,8 +148,20 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+# Set by the CLI's SIGINT/SIGTERM handler. A KeyboardInterrupt that lands inside a library's
+# import may be swallowed there (seen: Ctrl-C 0.3 s after start, during torch's import, and
+# the run went on to the end); the flag still says the user asked to stop.
+_interrupted = threading.Event()
+
+
 def _raise_interrupt(signum, frame) -> NoReturn:
+    _interrupted.set()
     raise KeyboardInterrupt()
+
+
+def _stop_if_interrupted() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt()
 
 
 def configure_openmp() -> None:
@@ -163,6 +175,25 @@ def configure_openmp() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Ctrl-C and SIGTERM clean up alike: no worker left behind, nothing broken under OUTPUT,
+    # one line on stderr, exit code 130 — from the first moment, imports and downloads included.
+    _interrupted.clear()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _cli(argv)
+    except BaseException as err:
+        if _interrupted.is_set() or isinstance(err, KeyboardInterrupt):
+            # (an import a swallowed interrupt left half done may fail in any way afterwards)
+            return _fail("interrupted; no output written", 130)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _cli(argv: Optional[List[str]]) -> int:
     configure_openmp()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["models"]:
@@ -175,15 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(f"`{PROG} models` takes no arguments (got {' '.join(argv[1:])})", 2)
     args = build_parser().parse_args(argv)
     logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
-    # SIGTERM cleans up like Ctrl-C: no worker left behind, nothing broken under OUTPUT.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        return _main(args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -216,8 +239,10 @@ def _main(args: argparse.Namespace) -> int:
 
     bar = _progress_bar(disable=args.quiet)
     options["progress"] = bar.update_to if bar is not None else None
+    options["cancel"] = _interrupted
     stats, failure = None, None
     try:
+        _stop_if_interrupted()   # an interrupt swallowed while the libraries loaded
         stats = run(args.input, args.output, **options)
     except KeyboardInterrupt as err:
         stats = getattr(err, "stats", None)

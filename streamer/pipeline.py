@@ -85,6 +85,7 @@ class Options:
     decoder: str = "pyav"
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8
+    cancel: Optional[threading.Event] = None  # set: stop as on Ctrl-C (KeyboardInterrupt)
 
 
 @dataclass
@@ -366,7 +367,7 @@ def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stat
         total = source.info.frames
         while True:
             try:
-                result = _get_result(results, shared)
+                result = _get_result(results, shared, opts.cancel)
             except Stopped:
                 break
             t0 = time.perf_counter()
@@ -417,10 +418,13 @@ def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stat
             source.close()
 
 
-def _get_result(results: "queue.Queue", shared: _Shared):
+def _get_result(results: "queue.Queue", shared: _Shared, cancel: Optional[threading.Event]):
     while True:
         if shared.stop.is_set():
             raise Stopped()
+        if cancel is not None and cancel.is_set():
+            # The caller's Ctrl-C, whose KeyboardInterrupt some library may have swallowed.
+            raise KeyboardInterrupt()
         try:
             return results.get(timeout=0.05)
         except queue.Empty:

@@ -255,3 +255,39 @@ def test_ctrl_c_stops_promptly_and_leaves_a_playable_file_or_nothing(keep_partia
         assert f"kept the {len(out.images)} frames done" in lines[0]
     else:
         assert not (tmp_path / "out.mp4").exists()
+
+
+# A library that swallows everything while it imports (``except BaseException: pass``), hit
+# by Ctrl-C in the middle: the KeyboardInterrupt never reaches the CLI. That happened with a
+# Ctrl-C 0.3 s after start (during torch's import): the run went on to the end, exit code 0.
+_SWALLOWING_IMPORT = """
+import importlib.abc, os, signal, sys, time
+
+class SwallowingImport(importlib.abc.MetaPathFinder):
+    done = False
+
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not self.done:
+            self.done = True
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1.0)
+            except BaseException:
+                pass
+        return None
+
+sys.meta_path.insert(0, SwallowingImport())
+from streamer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_libraries_load_is_not_lost(sample_clip, tmp_path):
+    out = tmp_path / "out.mp4"
+    weights = save_tiny_swinir(tmp_path / "tiny.safetensors")
+    proc = subprocess.run([sys.executable, "-c", _SWALLOWING_IMPORT, str(sample_clip.path), str(out),
+                           "--weights", str(weights), "-q"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 130, proc.stderr
+    assert lines == ["nystra-stream: error: interrupted; no output written"]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))

@@ -225,3 +225,26 @@ def test_bundled_model_restores(task, degradation, size, gain, clip_factory, dec
     before = np.mean([psnr(b, c) for b, c in zip(baseline, clip.clean)])
     after = np.mean([psnr(o, c) for o, c in zip(out.images, clip.clean)])
     assert after >= before + gain, f"{task}: {before:.2f} dB -> {after:.2f} dB"
+
+
+@pytest.mark.parametrize("keep_partial", [False, True])
+def test_cancel_event_stops_like_ctrl_c(clip_factory, decode, tmp_path, keep_partial):
+    # The CLI sets it from its SIGINT handler, so a Ctrl-C that a library swallowed still stops.
+    import threading
+
+    clip = clip_factory(frames=12)
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done >= 3:
+            cancel.set()
+
+    out_path = tmp_path / "out.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        streamer.run(clip.path, out_path, model=Identity(), workers=0, progress=progress, cancel=cancel,
+                     keep_partial=keep_partial, queue_size=1)
+    if keep_partial:
+        assert 3 <= len(decode(out_path).images) < 12
+        assert leftovers(tmp_path) == ["out.mp4"]
+    else:
+        assert leftovers(tmp_path) == []
