@@ -41,11 +41,31 @@ def spans(length: int, size: int, overlap: int) -> List[Tuple[int, int]]:
     return [(s, s + size) for s in starts]
 
 
+def balanced_spans(length: int, size: int, overlap: int, align: int = 8) -> List[Tuple[int, int]]:
+    """As many spans as :func:`spans` needs, but all of the smallest equal size (a multiple
+    of ``align``, at most ``size``) that still covers ``[0, length)`` with ``overlap``.
+
+    Plain spans pad the last one out to ``size``: a 640-px row in 512-px tiles is 1024 px of
+    work (+60 %); balanced it is two 336-px tiles (+5 %). Tiles stay equal in size, and
+    aligned, so models that pad to their window waste little more.
+    """
+    plain = spans(length, size, overlap)
+    count = len(plain)
+    if count == 1:
+        return plain
+    fitted = -(-(length + (count - 1) * overlap) // count)  # ceil: count spans sharing `overlap`
+    fitted = min(size, -(-fitted // align) * align)
+    room = length - fitted                                  # spread the starts evenly over it
+    starts = [round(i * room / (count - 1)) for i in range(count)]
+    return [(s, s + fitted) for s in starts]
+
+
 def tile_boxes(height: int, width: int, tile: int, overlap: int) -> List[Box]:
     """Row-major boxes of (at most) ``tile`` x ``tile`` covering an image, overlapping by
-    at least ``overlap`` pixels; ``tile <= 0`` means one box for the whole image."""
-    rows = spans(height, tile, overlap)
-    cols = spans(width, tile, overlap)
+    at least ``overlap`` pixels; ``tile <= 0`` means one box for the whole image. Rows and
+    columns are :func:`balanced_spans`: no tile does more work than the image needs."""
+    rows = balanced_spans(height, tile, overlap)
+    cols = balanced_spans(width, tile, overlap)
     return [(t, l, b, r) for t, b in rows for l, r in cols]
 
 

@@ -36,9 +36,27 @@ def test_spans_without_tiling_or_with_bad_overlap():
 
 def test_tile_boxes_are_a_row_major_grid():
     boxes = tiling.tile_boxes(197, 333, 100, 20)
-    rows = tiling.spans(197, 100, 20)
-    cols = tiling.spans(333, 100, 20)
+    rows = tiling.balanced_spans(197, 100, 20)
+    cols = tiling.balanced_spans(333, 100, 20)
     assert boxes == [(t, l, b, r) for t, b in rows for l, r in cols]
+
+
+@pytest.mark.parametrize("length,size,overlap", CASES + [(640, 512, 32), (1920, 512, 32), (361, 128, 20)])
+def test_balanced_spans_cover_with_the_overlap_and_no_more_work(length, size, overlap):
+    plain = tiling.spans(length, size, overlap)
+    spans = tiling.balanced_spans(length, size, overlap)
+    assert len(spans) == len(plain)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    sizes = {end - start for start, end in spans}
+    assert len(sizes) == 1 and sizes.pop() <= min(size, length), "equal tiles, never larger"
+    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+        assert s0 < s1 and e0 - s1 >= overlap
+
+
+def test_balanced_spans_do_not_pad_the_last_tile_out():
+    # A 640-px row in 512-px tiles: plain tiling does 1024 px of work, balanced 2 x 336.
+    assert tiling.spans(640, 512, 32) == [(0, 512), (128, 640)]
+    assert tiling.balanced_spans(640, 512, 32) == [(0, 336), (304, 640)]
 
 
 def test_ramp_rises_and_falls_linearly_across_overlaps():
