@@ -58,11 +58,10 @@ def _kappa_(x: Tensor) -> Tensor:
             if bool(low < FLOOR):
                 x.clamp_(min=FLOOR)
             return x.exp_()
-        above = x > TAU
-        excess = x[above].sub_(TAU)  # the (few) linear parts
-        x.clamp_(min=FLOOR, max=TAU).exp_()
-        return x.index_put_((above,), excess, accumulate=True)
-    # On GPUs a data-dependent branch would synchronise; the dense form is cheap there.
+        # Otherwise the dense form: gathering and scattering just the scores above τ (through
+        # boolean indexing) was 2-4x slower even when only 0.1 % of them were (measured on
+        # F-sized buffers, 2 threads), and it made models with a few sharp heads slower.
+    # (On GPUs a data-dependent branch would synchronise; the dense form is cheap there.)
     linear = (x - TAU).clamp_(min=0)
     return x.clamp_(min=FLOOR, max=TAU).exp_().add_(linear)
 
