@@ -41,7 +41,7 @@ from .errors import ProcessingError, StreamerError, UsageError
 from .frames import Frame
 from .sinks import EncoderSettings, VideoSink, check_output_path, encoder_options
 from .sources import open_source
-from .windows import Cutter, Stitcher, check_window_options, queue_items, window_settings
+from .windows import Cutter, Stitcher, check_window_options, queue_items, whole_frames_if_they_fit, window_settings
 from .pool import CpuPool
 from .workers import DeviceWorker, Stopped, peak_rss_bytes
 
@@ -322,6 +322,7 @@ def run(input: str, output: str, **options) -> Stats:
         info = describe_model(model)
         check_model_fits(info, opts, stats.model)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
+        windows = whole_frames_if_they_fit(windows, opts.tile, source.info.width, source.info.height)
         cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap, info.scale)
         worker = make_worker(model, info, opts)
         stats.worker = worker.description

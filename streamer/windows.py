@@ -105,6 +105,16 @@ def window_settings(info: ModelInfo, tile: Optional[int] = None, tile_overlap: O
     return WindowSettings(tile, tile_overlap, clip_len, clip_overlap)
 
 
+def whole_frames_if_they_fit(settings: WindowSettings, user_tile: Optional[int], width: int,
+                             height: int) -> WindowSettings:
+    """No tiles where the default tile was not asked for and the frame has no more pixels than
+    one default tile: the default only bounds what one model call holds, and cutting such a
+    frame (640x360 in 512-px tiles) only adds overlap work and seams."""
+    if user_tile is None and settings.tile > 0 and width * height <= settings.tile ** 2:
+        return WindowSettings(0, settings.tile_overlap, settings.clip_len, settings.clip_overlap)
+    return settings
+
+
 def queue_items(queue_size: int, clip_len: int) -> int:
     """Capacity of a queue between stages, in work items: ``queue_size`` for single frames; for
     clips about ``queue_size`` frames' worth (at least 2, so no stage waits on another), which

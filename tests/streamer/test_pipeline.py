@@ -248,3 +248,38 @@ def test_cancel_event_stops_like_ctrl_c(clip_factory, decode, tmp_path, keep_par
         assert leftovers(tmp_path) == ["out.mp4"]
     else:
         assert leftovers(tmp_path) == []
+
+
+class ShapeRecorder(Identity):
+    """Identity that records the spatial size of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("tile,width,height,expected", [
+    (None, 96, 64, {(64, 96)}),         # fewer pixels than one default tile: whole frames
+    (64, 96, 64, {(64, 56)}),           # asked for: 2 balanced columns, not 64 + 64
+    (0, 96, 64, {(64, 96)}),
+])
+def test_default_tile_leaves_frames_that_fit_whole(clip_factory, tmp_path, tile, width, height, expected):
+    # 640x360 frames used to go through 512-px tiles: 2 x 512 columns of work for 640.
+    clip = clip_factory(frames=2, width=width, height=height)
+    model = ShapeRecorder()
+    options = {} if tile is None else {"tile": tile, "tile_overlap": 16}
+    streamer.run(clip.path, tmp_path / "out.mp4", model=model, workers=0, **options)
+    assert set(model.sizes) == expected
+
+
+def test_whole_frames_only_when_the_default_tile_would_cut_them_needlessly():
+    from streamer.windows import WindowSettings, whole_frames_if_they_fit
+
+    default = WindowSettings(512, 32, 1, 0)
+    assert whole_frames_if_they_fit(default, None, 640, 360).tile == 0          # 230k <= 262k px
+    assert whole_frames_if_they_fit(default, None, 1280, 720).tile == 512       # too many pixels
+    assert whole_frames_if_they_fit(default, 512, 640, 360).tile == 512         # the user's choice
