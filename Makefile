@@ -29,6 +29,7 @@ bench: venv
 	$(PY) benchmarks/uformer.py --quick
 	$(PY) benchmarks/rvrt.py --quick
 	$(PY) benchmarks/pipeline.py --quick
+	$(PY) benchmarks/cli_e2e.py --frames 30
 	$(PY) -m pipelines.weights.evaluate
 
 clean:
