@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -54,7 +53,6 @@ import torch  # noqa: E402
 
 import streamer  # noqa: E402
 from pipelines import zoo  # noqa: E402
-from pipelines.attention import patch_attention  # noqa: E402
 from pipelines.models.swinir import SwinIR, SwinIRConfig  # noqa: E402
 from pipelines.restorer import Restorer  # noqa: E402
 from streamer import samples  # noqa: E402

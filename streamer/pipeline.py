@@ -37,7 +37,7 @@ from pipelines import zoo
 from pipelines.restorer import describe_model
 from pipelines.models.base import ModelInfo
 
-from .errors import ProcessingError, StreamerError, UsageError
+from .errors import UsageError
 from .frames import Frame
 from .sinks import EncoderSettings, VideoSink, check_output_path, encoder_options
 from .sources import open_source

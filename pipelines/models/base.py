@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
+
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -22,3 +26,17 @@ class ModelInfo:
     size_multiple: int = 1    # spatial multiple the model pads to internally
     clip_len: Optional[int] = None  # frames per clip for video models; None for per-frame models
     needs_sigma: bool = False       # video denoising takes the noise level as an extra channel
+
+
+def check_keys(model: nn.Module, state_dict: Mapping[str, Tensor], arch: str) -> None:
+    """Raise a one-line :class:`CheckpointError` where ``state_dict`` does not fit ``model``
+    (missing, unexpected or misshapen keys), instead of torch's multi-line strict-load message."""
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
+    problems += [f"{k} has shape {tuple(state_dict[k].shape)}, expected {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{arch} checkpoint does not match its inferred architecture: "
+                              + "; ".join(problems[:3]) + more)

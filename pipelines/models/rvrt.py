@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from .base import ModelInfo
+from .base import ModelInfo, check_keys
 from .deform_attn import GuidedDeformAttnPack
 from .rvrt_blocks import (FrameConv, Permute, RSTBWithInputConv, Upsample, WindowAttention3D,
                           relative_position_index, table_size)
@@ -416,22 +416,11 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> RVRTConfig:
         raise CheckpointError(f"RVRT checkpoint: {err}") from None
 
 
-def _check_keys(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in sd]
-    problems += [f"unexpected {k}" for k in sd if k not in expected]
-    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
-                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError("RVRT checkpoint does not match its inferred architecture: "
-                              + "; ".join(problems[:3]) + more)
-
 
 def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[Union[int, Sequence[int]]] = None) -> RVRT:
     """Build the model a state dict describes, load it strictly, optionally resize its windows."""
     model = RVRT(infer_config(state_dict))
-    _check_keys(model, state_dict)
+    check_keys(model, state_dict, "RVRT")
     model.load_state_dict(state_dict, strict=True)
     if window is not None:
         model.resize_window(window)

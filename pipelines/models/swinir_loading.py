@@ -11,9 +11,10 @@ import math
 import re
 from typing import Dict, Mapping, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import CheckpointError
+from .base import check_keys
 
 _TABLE_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn\.relative_position_bias_table$")
 _MASK_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn_mask$")
@@ -101,24 +102,12 @@ def infer_config(state_dict: Mapping[str, Tensor], img_range: Optional[float] = 
         ape="absolute_pos_embed" in sd, num_feat=int(num_feat))
 
 
-def _check_keys(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
-    """One-line error instead of torch's multi-line strict-load message."""
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in sd]
-    problems += [f"unexpected {k}" for k in sd if k not in expected]
-    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
-                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError("SwinIR checkpoint does not match its inferred architecture: "
-                              + "; ".join(problems[:3]) + more)
-
 
 def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = None,
                     img_range: Optional[float] = None) -> SwinIR:
     """Build the model a state dict describes, load it strictly, optionally resize its window."""
     model = SwinIR(infer_config(state_dict, img_range=img_range))
-    _check_keys(model, state_dict)
+    check_keys(model, state_dict, "SwinIR")
     model.load_state_dict(state_dict, strict=True)
     if window is not None:
         model.resize_window(window)

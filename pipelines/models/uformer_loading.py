@@ -12,9 +12,10 @@ import math
 from dataclasses import replace
 from typing import Mapping, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import CheckpointError
+from .base import check_keys
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,18 +78,6 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> UformerConfig:
         in_chans=int(sd["output_proj.proj.0.weight"].shape[0]), dd_in=int(first.shape[1]))
 
 
-def _check_keys(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
-    """One-line error instead of torch's multi-line strict-load message."""
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in sd]
-    problems += [f"unexpected {k}" for k in sd if k not in expected]
-    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
-                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError("Uformer checkpoint does not match its inferred architecture: "
-                              + "; ".join(problems[:3]) + more)
-
 
 def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = None,
                     img_size: Optional[int] = None) -> Uformer:
@@ -101,7 +90,7 @@ def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = No
     if img_size is not None:
         config = replace(config, img_size=int(img_size))
     model = Uformer(config)
-    _check_keys(model, state_dict)
+    check_keys(model, state_dict, "Uformer")
     model.load_state_dict(state_dict, strict=True)
     if window is not None:
         model.resize_window(window)
