@@ -191,11 +191,11 @@ def test_task_must_match_the_model(sample_clip, tmp_path):
 # task, degradation, clean frame size, required PSNR gain over the baseline in dB. Sizes where
 # the photo is shown at or below its own resolution (as a camera would film it); denoise at
 # the acceptance size 640x360. Gains measured through the whole video path (x264 in, x264 at
-# the default crf out, yuv420p both ways): denoise +6.5 dB, sr2 +0.6 dB over a bicubic video,
-# deblur +0.4 dB (the bundled deblur model misses the issue's +2 dB goal: benchmarks/RESULTS.md).
+# the default crf out, yuv420p both ways): denoise +6.7 dB, sr2 +0.6 dB over a bicubic video,
+# deblur +1.5 dB (the bundled deblur model misses the issue's +2 dB goal: benchmarks/RESULTS.md).
 BUNDLED = [
     ("denoise", "noise", (640, 360), 5.0),
-    ("deblur", "blur", (192, 128), 0.2),
+    ("deblur", "blur", (192, 128), 0.5),
     ("sr2", "down2", (192, 128), 0.3),   # baseline: bicubic upscaling, stored as yuv420p too
 ]
 
