@@ -102,6 +102,17 @@ def _preset_options(codec: str, preset: str) -> Dict[str, str]:
     raise UsageError(f"preset is not supported for codec {codec}")  # pragma: no cover
 
 
+def video_encoder(name: str) -> "av.Codec":
+    """FFmpeg's video encoder ``name``; :class:`UsageError` if there is none by that name."""
+    try:
+        codec = av.Codec(name, "w")
+    except Exception:
+        raise UsageError(f"unknown video encoder {name!r}") from None
+    if codec.type != "video":
+        raise UsageError(f"{name} is not a video encoder")
+    return codec
+
+
 def encoder_options(settings: EncoderSettings) -> Dict[str, str]:
     """FFmpeg options for ``settings``; UsageError for values the codec cannot take."""
     profile = CODECS.get(settings.codec)

@@ -39,7 +39,8 @@ from pipelines.models.base import ModelInfo
 
 from .errors import UsageError
 from .frames import Frame
-from .sinks import EncoderSettings, VideoSink, check_output_path, encoder_options
+from .encoding import EncoderSettings, encoder_options, video_encoder
+from .sinks import VideoSink, check_output_path
 from .sources import open_source
 from .windows import Cutter, Stitcher, check_window_options, queue_items, whole_frames_if_they_fit, window_settings
 from .pool import CpuPool
@@ -170,14 +171,7 @@ def check_options(opts: Options) -> None:
 
 def check_encoder(opts: Options) -> None:
     """Codec, crf and preset, checked before the model loads (the sink checks the rest)."""
-    import av
-
-    try:
-        codec = av.Codec(opts.codec, "w")
-    except Exception:
-        raise UsageError(f"unknown video encoder {opts.codec!r}") from None
-    if codec.type != "video":
-        raise UsageError(f"{opts.codec} is not a video encoder")
+    video_encoder(opts.codec)
     encoder_options(EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset))
 
 

@@ -24,7 +24,7 @@ from typing import Deque, Dict, Iterator, Optional, Tuple
 import av
 
 from .avutil import describe_av_error, display_path
-from .encoding import EncoderSettings, encoder_options, pick_pix_fmt
+from .encoding import EncoderSettings, encoder_options, pick_pix_fmt, video_encoder
 from .errors import ProcessingError, UsageError
 from .frames import Frame, VideoInfo
 from .sources import PtsRepair
@@ -162,12 +162,7 @@ class VideoSink:
         self._output: Optional["av.container.OutputContainer"] = None
         self._unmuxed: Deque["av.Packet"] = deque()
 
-        try:
-            codec = av.Codec(settings.codec, "w")
-        except Exception:
-            raise UsageError(f"unknown video encoder {settings.codec!r}") from None
-        if codec.type != "video":
-            raise UsageError(f"{settings.codec} is not a video encoder")
+        codec = video_encoder(settings.codec)
         options = encoder_options(settings)
         self.pix_fmt = pick_pix_fmt(codec, settings.pix_fmt, self.width, self.height)
         self.time_base = info.time_base
