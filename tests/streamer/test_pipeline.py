@@ -263,7 +263,7 @@ class ShapeRecorder(Identity):
 
 
 @pytest.mark.parametrize("tile,width,height,expected", [
-    (None, 96, 64, {(64, 96)}),         # fewer pixels than one default tile: whole frames
+    (None, 576, 64, {(64, 576)}),       # wider than 512 px but fewer pixels than one tile: whole
     (64, 96, 64, {(64, 56)}),           # asked for: 2 balanced columns, not 64 + 64
     (0, 96, 64, {(64, 96)}),
 ])
