@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .landmarks import Grid, PooledBias, landmark_grid, pool_tokens
-from .workspace import scratch
+from .workspace import scratch, serial
 
 TAU = 5.0
 EPS = 1e-12
@@ -146,11 +146,9 @@ def _nystrom_fast(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iter
     # B is computed transposed (N×m, like F): the kernels for these shapes are faster.
     bt = torch.bmm(kf, q_l.transpose(1, 2), out=scratch("bt", (batch, n, m), dtype, device))
     _kappa_(_add_terms(bt, lead, terms, "bt"))
-    z = iterative_pinv(_pinv_input(q_l, k_l, lead, terms), iters)
-
-    # Right factor Z·[B v | B 1] (m × (dv+1), small). In half precision the sums over N can
+    # B·[v | 1] (m × (dv+1) per window, small). In half precision the sums over N can
     # overflow, so they are taken as means (×1/N: Y and s scale alike, Y/s is unchanged).
-    work = z.dtype
+    work = torch.promote_types(dtype, torch.float32)
     # B·1 as a product with a ones row (one parallel region, like B·v; a strided sum is two).
     ones = torch.ones(1, 1, n, dtype=dtype, device=device).expand(batch, 1, n)
     if dtype.itemsize < 4:
@@ -160,8 +158,11 @@ def _nystrom_fast(q: Tensor, k: Tensor, v: Tensor, grid: Grid, lgrid: Grid, iter
     else:
         bv = torch.bmm(vf.transpose(1, 2), bt).transpose(1, 2)  # (vᵀ Bᵀ)ᵀ = B v
         bs = torch.bmm(ones, bt).squeeze(1)
-    rhs = torch.cat([bv, bs.unsqueeze(-1)], dim=-1)  # (Bf, m, dv+1): tiny, unlike [v | 1]
-    right = torch.bmm(z, rhs).to(dtype)  # Z·[Bv | B1]
+    # Everything m × m from here to Z·[Bv | B1]: tiny kernels, run without waking the pool.
+    with serial(device):
+        z = iterative_pinv(_pinv_input(q_l, k_l, lead, terms), iters)
+        rhs = torch.cat([bv, bs.unsqueeze(-1)], dim=-1)  # (Bf, m, dv+1): tiny, unlike [v | 1]
+        right = torch.bmm(z, rhs).to(dtype)  # Z·[Bv | B1]
 
     # Normalise before the last product: Y/(s+ε) = (diag(1/(s+ε))·F)·(Z Bv), and scaling F's
     # m columns per row is cheaper than scaling the dv columns of the output.
