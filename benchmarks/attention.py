@@ -42,6 +42,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pipelines.attention import (  # noqa: E402
     PooledBias, WindowAttentionBase, attention_plan, auto, exact_attention, nystrom_attention, patch_attention,
 )
+from pipelines.runtime import configure_allocator  # noqa: E402
+
+ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
 
 HEADS, HEAD_DIM, LANDMARKS, ITERS = 6, 30, 16, 2
 TOKENS = 16384
@@ -234,6 +237,7 @@ def main() -> None:
         "device": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "allocator_tuned": ALLOCATOR_TUNED,
         "torch": torch.__version__,
         "heads": HEADS, "head_dim": HEAD_DIM, "landmarks": LANDMARKS, "iters": ITERS,
         "warm": warm(windows, rounds),

@@ -55,6 +55,8 @@ import streamer  # noqa: E402
 from pipelines import zoo  # noqa: E402
 from pipelines.models.swinir import SwinIR, SwinIRConfig  # noqa: E402
 from pipelines.restorer import Restorer  # noqa: E402
+from pipelines.runtime import configure_allocator  # noqa: E402
+ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
 from streamer import samples  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
 from streamer.windows import Cutter  # noqa: E402
@@ -233,6 +235,7 @@ def main() -> None:
 
     report = dict(
         benchmark="pipeline", quick=args.quick, reps=reps, cores=cpu_cores(), torch=torch.__version__,
+        allocator_tuned=ALLOCATOR_TUNED,
         model=model_name, attention="nystrom", frame_size=[args.width, args.height], frames=n_speed,
         model_alone_fps=round(alone_fps, 3), model_alone_runs=[round(x, 3) for x in alone],
         end_to_end=speed, fastest=best,

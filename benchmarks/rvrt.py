@@ -36,6 +36,8 @@ from pipelines.attention.store import STORE  # noqa: E402
 from pipelines.models import rvrt  # noqa: E402
 from pipelines.models.rvrt import RVRT, RVRTConfig  # noqa: E402
 from pipelines.models.rvrt_blocks import WindowAttention3D  # noqa: E402
+from pipelines.runtime import configure_allocator  # noqa: E402
+ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
 
 FORMS = ("exact", "nystrom", "floor")
 LANDMARKS, ITERS = 32, 6
@@ -134,7 +136,7 @@ def main(argv=None) -> None:
         "benchmark": "rvrt-model-cpu",
         "model": "RVRT video SR x4, released architecture (embed 144, heads 6, window resized to (2, 64, 64)), "
                  "random weights",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick, "reps": reps,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "allocator_tuned": ALLOCATOR_TUNED, "quick": args.quick, "reps": reps,
         "clip": [1, frames, 3, args.size, args.size],
         "nystrom": {"landmarks": LANDMARKS, "iters": ITERS},
         "seconds": {f: round(v, 3) for f, v in t.items()},

@@ -40,6 +40,8 @@ from pipelines.attention import patch_attention  # noqa: E402
 from pipelines.attention.store import STORE  # noqa: E402
 from pipelines.models import swinir  # noqa: E402
 from pipelines.models.swinir import SwinIR, SwinIRConfig  # noqa: E402
+from pipelines.runtime import configure_allocator  # noqa: E402
+ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
 
 FORMS = ("official", "exact", "nystrom", "floor")
 SWINIR_M_DENOISE = SwinIRConfig(img_size=128, in_chans=3, embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6,
@@ -198,7 +200,7 @@ def main(argv=None) -> None:
     report = {
         "benchmark": "swinir-model-cpu",
         "model": "SwinIR-M colour denoising (embed 180, depths 6x6, heads 6, mlp 2, img_size 128), random weights",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick, "reps": reps,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "allocator_tuned": ALLOCATOR_TUNED, "quick": args.quick, "reps": reps,
         "nystrom": {"landmarks": 16, "iters": 2},
         "bias_store_budget_mb": round(STORE.budget / 2**20),
         "results": results,

@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.attention import patch_attention  # noqa: E402
 from pipelines.models import uformer  # noqa: E402
 from pipelines.models.uformer import Uformer, UformerConfig  # noqa: E402
+from pipelines.runtime import configure_allocator  # noqa: E402
+ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
 
 UFORMER_B = UformerConfig()  # the defaults are the released Uformer-B
 
@@ -153,7 +155,7 @@ def main(argv=None) -> None:
         "benchmark": "uformer-model-cpu",
         "model": "Uformer-B (embed 32, depths [1,2,8,8,2,8,8,2,1], heads [1,2,4,8,16,16,8,4,2], "
                  "window 8, leff, modulator, img_size 128), random weights (official init + 0.02 randn)",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick, "reps": reps,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "allocator_tuned": ALLOCATOR_TUNED, "quick": args.quick, "reps": reps,
         "results": results,
     }
     print(json.dumps(report, indent=2))

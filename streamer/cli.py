@@ -195,6 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _cli(argv: Optional[List[str]]) -> int:
     configure_openmp()
+    from pipelines.runtime import configure_allocator  # (imports torch: after configure_openmp)
+    configure_allocator()  # before the pipeline's threads and large tensors exist
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["models"]:
         if argv[1:] in ([], ["-h"], ["--help"]):

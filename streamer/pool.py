@@ -31,6 +31,7 @@ import torch.multiprocessing as torch_mp
 from torch import nn
 
 from pipelines.restorer import Restorer, check_sigma, describe_model
+from pipelines.runtime import configure_allocator
 
 from .errors import ProcessingError
 from .windows import WorkItem, WorkResult
@@ -67,6 +68,7 @@ def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, ta
                  results: Connection, sigma: Optional[float] = None) -> None:
     """Body of a worker process: load once, then serve items (tiles of clips) until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    configure_allocator()  # as in the CLI's process, before this one starts its threads
     _die_with_parent(parent)
     try:
         torch.set_num_threads(threads)

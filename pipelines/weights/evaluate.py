@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .. import degradations
 from ..attention import patch_attention
 from ..loading import load_model
+from ..runtime import configure_allocator
 from . import TASKS, bundled_path
 from .data import EVAL_IMAGES, SCALES, degrade_fixed, eval_cases, load_photo, quantize
 
@@ -127,6 +128,7 @@ def evaluate_task(task: str, path: Path, landmarks: List[int], iters: List[int],
 
 
 def main(argv: Optional[list] = None) -> int:
+    tuned = configure_allocator()  # the speed figures are taken as the CLI runs
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=TASKS, nargs="+", default=list(TASKS))
     p.add_argument("--weights", type=Path, nargs="+", help="checkpoint per --task (default: bundled)")
@@ -142,7 +144,7 @@ def main(argv: Optional[list] = None) -> int:
         p.error("give one --weights file per --task")
     paths = args.weights or [bundled_path(t) for t in args.task]
     photos = {name: load_photo(name) for name in EVAL_IMAGES}
-    result = {"held_out": list(EVAL_IMAGES), "threads": torch.get_num_threads(),
+    result = {"held_out": list(EVAL_IMAGES), "threads": torch.get_num_threads(), "allocator_tuned": tuned,
               "load_avg_1min": round(os.getloadavg()[0], 2), "models": {}}
     for task, path in zip(args.task, paths):
         if not path.is_file():

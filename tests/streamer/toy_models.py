@@ -99,10 +99,13 @@ class KillOnBright(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if float(x.mean()) > self.threshold:
-            markers = Path(self.marker_dir)
-            used = len(list(markers.glob("killed-*")))
-            if used < self.times:
-                (markers / f"killed-{used}-{os.getpid()}").touch()
+            # Claim a kill slot atomically: two workers seeing a bright tile at the same moment
+            # must not both die when only one death is allowed.
+            for slot in range(self.times):
+                try:
+                    os.close(os.open(Path(self.marker_dir) / f"killed-{slot}", os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    continue
                 os.kill(os.getpid(), signal.SIGKILL)
         return x + self.zero
 
