@@ -12,6 +12,7 @@ setting (window (2, 64, 64), m = 32: 2 × 16 landmarks) instead of doubling it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -61,6 +62,12 @@ def landmark_grid(grid: Sequence[int], landmarks: int) -> Grid:
 def pool_tokens(x: Tensor, grid: Sequence[int], lgrid: Sequence[int]) -> Tensor:
     """Average-pool tokens ``(B, N, d)`` laid out on ``grid`` to landmarks ``(B, m, d)``."""
     batch, n, d = x.shape
+    if x.device.type == "cpu" and not x.is_contiguous() and x.stride(-1) == 1:
+        # q and k usually arrive as strided views of a fused qkv output: the pooling kernel
+        # would first copy them whole (measured at 640x360, embed 32: the copy cost more than
+        # the pooling). A product with the (m × N) averaging matrix reads the view in place.
+        matrix = _cached_pooling_matrix(tuple(grid), tuple(lgrid), x.dtype, x.device)
+        return torch.bmm(matrix.expand(batch, *matrix.shape), x)
     h, w = grid[-2:]
     frames = n // (h * w)
     # (B*t, h, w, d) permuted to (B*t, d, h, w) is a channels-last tensor: the pooling
@@ -81,7 +88,7 @@ def bins(size: int, out: int) -> List[Tuple[int, int]]:
 def pooling_matrix(grid: Sequence[int], lgrid: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
     """``P`` (m × N) with ``P @ tokens == pool_tokens(tokens)`` (adaptive-average bins).
 
-    For tests and small grids only: the kernels and bias builders pool by averaging.
+    Built with Python loops: cache it (the kernels use it only for strided CPU inputs).
     """
     h, w = grid[-2:]
     mh, mw = lgrid[-2:]
@@ -94,6 +101,11 @@ def pooling_matrix(grid: Sequence[int], lgrid: Sequence[int], dtype=torch.float3
     frames = grid[0] if len(grid) == 3 else 1
     matrix = torch.block_diag(*([plane] * frames)) if frames > 1 else plane
     return matrix.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_pooling_matrix(grid: Grid, lgrid: Grid, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return pooling_matrix(grid, lgrid, dtype, device)
 
 
 def pool_keys(x: Tensor, grid: Sequence[int], lgrid: Sequence[int]) -> Tensor:

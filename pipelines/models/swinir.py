@@ -373,25 +373,43 @@ class SwinIR(nn.Module):
         height, width = x.shape[-2:]
         x = pad_to_multiple(x, self.window_size).contiguous(memory_format=torch.channels_last)
         mean = self.mean.to(x.dtype)
-        x = (x - mean) * self.img_range
+        # The official ``out / img_range + mean`` is folded into the output convolution (its
+        # weights / img_range, its bias / img_range + mean): two passes over the full-size
+        # output fewer, which at x4 is a 16x larger image than the input.
+        feat = self.body(self.conv_first((x - mean) * self.img_range))
         if self.upsampler == "":
-            feat = self.conv_first(x)
-            x = x + self.conv_last(self.conv_after_body(self.forward_features(feat)) + feat)
+            # (x_norm + conv_last(feat)) / range + mean == x + conv_last(feat) / range
+            out = _output_conv(self.conv_last, feat, self.img_range, None)
+            out = out.add_(x) if not torch.is_grad_enabled() else out + x
         else:
-            feat = self.conv_first(x)
-            feat = self.conv_after_body(self.forward_features(feat)) + feat
             if self.upsampler == "pixelshuffle":
-                x = self.conv_last(self.upsample(self.conv_before_upsample(feat)))
+                out = _output_conv(self.conv_last, self.upsample(self.conv_before_upsample(feat)), self.img_range, mean)
             elif self.upsampler == "pixelshuffledirect":
-                x = self.upsample(feat)
+                scale = self.upscale
+                conv = _output_conv(self.upsample[0], feat, self.img_range, mean.flatten().repeat_interleave(scale * scale))
+                out = F.pixel_shuffle(conv, scale)
             else:  # nearest+conv
                 feat = self.conv_before_upsample(feat)
                 feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
                 if self.upscale == 4:
                     feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-                x = self.conv_last(self.lrelu(self.conv_hr(feat)))
-        x = x / self.img_range + mean
-        return x[..., :height * self.upscale, :width * self.upscale]
+                out = _output_conv(self.conv_last, self.lrelu(self.conv_hr(feat)), self.img_range, mean)
+        return out[..., :height * self.upscale, :width * self.upscale]
+
+    def body(self, feat: Tensor) -> Tensor:
+        """The transformer body and its long skip, on ``conv_first``'s features."""
+        out = self.conv_after_body(self.forward_features(feat))
+        return out.add_(feat) if not torch.is_grad_enabled() else out + feat
+
+
+def _output_conv(conv: nn.Conv2d, x: Tensor, img_range: float, mean: Optional[Tensor]) -> Tensor:
+    """``conv(x) / img_range + mean`` as one convolution (mean: per output channel, or None)."""
+    weight, bias = conv.weight, conv.bias
+    if img_range != 1:
+        weight, bias = weight / img_range, bias / img_range
+    if mean is not None:
+        bias = bias + mean.flatten().to(bias.dtype)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 # Registry protocol and config inference (spandrel-like loading) live in swinir_loading, which

@@ -218,6 +218,12 @@ def test_landmarks_follow_adaptive_avg_pool_semantics(grid, lgrid):
     matrix = pooling_matrix(grid, lgrid, dtype=torch.float64)
     torch.testing.assert_close(matrix, pooling_rows(grid, lgrid))
     torch.testing.assert_close((matrix.float() @ tokens), expected, rtol=1e-5, atol=1e-6)
+    # a strided view (q inside a fused qkv output) takes another code path: same landmarks
+    fused = torch.randn(5, n, 3 * 6, generator=gen)
+    fused[..., 6:12] = tokens
+    view = fused[..., 6:12]
+    assert not view.is_contiguous()
+    torch.testing.assert_close(pool_tokens(view, grid, lgrid), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_3d_landmarks_never_mix_frames():
