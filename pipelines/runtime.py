@@ -17,7 +17,6 @@ ENV = "NYSTRA_MALLOC"
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 _TRIM_BYTES = 2**31 - 1  # mallopt takes an int: give memory back only past 2 GiB of free top
 
 _lock = threading.Lock()
@@ -31,10 +30,12 @@ def configure_allocator() -> bool:
     ``munmap`` on free, so each large temporary of a forward pass (a 640x360 frame's
     activations are 30-90 MB at embed 32) page-faults on first touch, on every frame. Measured on
     the 2-core CPU with the bundled x4 model at 640x360: 0.41 s -> 0.32 s a frame (LayerNorm
-    alone 54 -> 25 ms), other models alike. With mmap off and one arena (threads' own arenas
-    could not hold such blocks and would fall back to mmap), freed blocks go back to the heap and
+    alone 54 -> 25 ms), other models alike. With mmap off, freed blocks go back to the heap and
     the next frame reuses them; memory stays flat because frames repeat the same sizes, and the
-    heap is trimmed past 2 GiB of free space at its top.
+    heap is trimmed past 2 GiB of free space at its top. (Threads other than the main one keep
+    their own arenas, whose heaps hold blocks up to 64 MiB; larger ones still fall back to
+    mmap there. Forcing one arena instead made SDPA at window 8 ~1.5x slower: its threads
+    allocate inside parallel regions and then contend for the arena's lock.)
 
     Returns whether the settings were applied: not on other C libraries (musl, macOS,
     Windows), nor with ``NYSTRA_MALLOC=system``. Idempotent; applies to the calling process
@@ -55,6 +56,6 @@ def configure_allocator() -> bool:
             return False
         mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
         ok = all(mallopt(param, value) == 1 for param, value in (
-            (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_BYTES)))
+            (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_BYTES)))
         _state["applied"] = ok
         return ok
