@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--workers", type=int, metavar="N",
                    help=f"CPU worker processes; 0 runs the model in this process "
-                        f"(default {DEFAULT_WORKERS}, fastest on a 2-core machine)")
+                        f"(default here {DEFAULT_WORKERS}: 2 with 2 or more cores, measured fastest on 2 cores)")
     g.add_argument("--threads-per-worker", type=int, metavar="N",
                    help="torch threads per worker (default: cores // workers, all cores for 0)")
     g.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")

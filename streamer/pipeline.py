@@ -44,14 +44,17 @@ from .sinks import VideoSink, check_output_path
 from .sources import open_source
 from .windows import Cutter, Stitcher, check_window_options, queue_items, whole_frames_if_they_fit, window_settings
 from .pool import CpuPool
-from .workers import DeviceWorker, Stopped, peak_rss_bytes
+from .workers import DeviceWorker, Stopped, cpu_cores, peak_rss_bytes
 
-# From benchmarks/pipeline.py on the 2-core target machine (4 runs, loaded by other work):
-# in steady state the model in this process (a pipeline thread, all cores) and one worker
-# process x 2 threads were each fastest twice, within noise of each other, 2 processes x 1
-# thread slower; in-process starts in 0.3 s instead of 2-6 s (workers import torch), so it
-# had the best overall fps in 3 of 4 runs. Worker processes stay one flag away.
-DEFAULT_WORKERS = 0
+# From benchmarks/pipeline.py and the CLI on the 2-core target machine (2026-11-25, quiet,
+# bundled denoiser, 640x360): 2 worker processes x 1 thread ran 3.88 fps steady against 3.51
+# in this process (2 threads) and 3.46 for 1 process x 2 threads; through the CLI on 240
+# frames 3.69 vs 3.33 fps, twice. A one-thread process has no OpenMP team to wake at each of
+# the thousands of parallel regions of a forward pass, and decode/encode get their own share
+# of time. The price: ~1.5 s more start-up and a model per process. (Earlier runs, under load
+# and before the allocator setting, had this process ahead: benchmarks/RESULTS.md.) One core:
+# in this process. Larger machines get 2 workers x cores/2 threads: not measured there.
+DEFAULT_WORKERS = 2 if cpu_cores() >= 2 else 0
 ATTENTION_MODES = ("exact", "nystrom", "auto")
 VIDEO_TASKS = ("vsr", "video-deblur", "video-denoise")
 SCALE_FOR_TASK = {"sr2": 2, "sr3": 3, "sr4": 4, "sr8": 8, "vsr": 4}
