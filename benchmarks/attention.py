@@ -1,4 +1,4 @@
-"""Attention kernels: naive exact vs SDPA exact vs PnP-Nystra, warm and cold. Prints JSON.
+"""Attention kernels: naive exact vs SDPA exact vs our exact mode vs PnP-Nystra, warm and cold. Prints JSON.
 
     .venv/bin/python benchmarks/attention.py            # full run (a few minutes on 2 cores)
     .venv/bin/python benchmarks/attention.py --quick    # short run
@@ -9,7 +9,10 @@ Shapes: windows 8, 16, 32, 64 (N = 64 … 4096), 6 heads, head dim 30, 16384 tok
 (256 / 64 / 16 windows; 2 windows at N = 4096 so that naive attention's N×N matrices stay under
 1 GB), with a Swin relative position bias gathered from a random table. The exact kernels
 get the dense bias, Nyström the pooled bias (as layers cache it); ``nystrom_nobias`` drops it
-(the paper's behaviour). The CPU is shared and noisy: variants are interleaved round by round
+(the paper's behaviour). ``sdpa`` is always ``F.scaled_dot_product_attention``; ``exact`` is
+``exact_attention``, our exact mode, which materialises the scores for small windows on the CPU
+(``pipelines.attention.exact.MATERIALISED_MAX_N``) and is SDPA above. The crossover compares
+``exact`` with Nyström, since that is the choice ``auto`` makes. The CPU is shared and noisy: variants are interleaved round by round
 and the report gives medians and ratios of medians. ``cold`` times the first call in a fresh
 process (one subprocess per measurement).
 
@@ -42,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pipelines.attention import (  # noqa: E402
     PooledBias, WindowAttentionBase, attention_plan, auto, exact_attention, nystrom_attention, patch_attention,
 )
+from pipelines.attention.exact import sdpa_attention  # noqa: E402
 from pipelines.runtime import configure_allocator  # noqa: E402
 
 ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
@@ -85,7 +89,8 @@ def variants(case: dict) -> Dict[str, Callable[[], torch.Tensor]]:
     return {
         # The official code's formulation: materialised scores, softmax, product.
         "naive": lambda: torch.softmax(q @ k.transpose(-2, -1) + bias, dim=-1) @ v,
-        "sdpa": lambda: exact_attention(q, k, v, bias),
+        "sdpa": lambda: sdpa_attention(q, k, v, bias),
+        "exact": lambda: exact_attention(q, k, v, bias),
         "nystrom": lambda: nystrom_attention(q, k, v, grid, LANDMARKS, ITERS, bias=pooled),
         "nystrom_nobias": lambda: nystrom_attention(q, k, v, grid, LANDMARKS, ITERS),
     }
@@ -113,6 +118,9 @@ def interleaved(fns: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, 
 
 def ratios(times: Dict[str, float]) -> Dict[str, float]:
     out = {"sdpa_over_nystrom": round(times["sdpa"] / times["nystrom"], 2)}
+    if "exact" in times:
+        out["exact_over_nystrom"] = round(times["exact"] / times["nystrom"], 2)
+        out["sdpa_over_exact"] = round(times["sdpa"] / times["exact"], 2)
     if "sdpa_best" in times:  # less sensitive to other processes than the medians
         out["sdpa_over_nystrom_best"] = round(times["sdpa_best"] / times["nystrom_best"], 2)
     if "naive" in times:
@@ -144,7 +152,7 @@ def cold_child(variant: str, window: int) -> None:
 def cold(windows, repeats: int) -> dict:
     result = {}
     for window in windows:
-        per_variant: Dict[str, list] = {"naive": [], "sdpa": [], "nystrom": []}
+        per_variant: Dict[str, list] = {"naive": [], "sdpa": [], "exact": [], "nystrom": []}
         for _ in range(repeats):
             for variant in per_variant:
                 spin = ["--spin"] if "--spin" in sys.argv else []
@@ -193,9 +201,11 @@ def crossover(windows, rounds: int) -> dict:
         for window in windows:
             case = make_case(window)
             fns = variants(case)
-            times = interleaved({"sdpa": fns["sdpa"], "nystrom": fns["nystrom"]}, rounds)
-            series[str(window * window)] = {"window": window, **times, **ratios(times)}
-    winners = [int(n) for n, row in series.items() if row["nystrom"] < row["sdpa"]]
+            times = interleaved({"exact": fns["exact"], "nystrom": fns["nystrom"]}, rounds)
+            series[str(window * window)] = {
+                "window": window, **times, "exact_over_nystrom": round(times["exact"] / times["nystrom"], 2),
+                "exact_over_nystrom_best": round(times["exact_best"] / times["nystrom_best"], 2)}
+    winners = [int(n) for n, row in series.items() if row["nystrom"] < row["exact"]]
     # The crossover: the smallest N from which Nyström wins at every larger N measured.
     sizes = sorted(int(n) for n in series)
     first = None

@@ -107,6 +107,13 @@ def exact_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = No
         out_shape = tuple(q.shape[:-1]) + (v.shape[-1],)
         q4, k4, v4, mask = _fold(q, k, v, bias)
         return _exact_materialised(q4, k4, v4, mask).reshape(out_shape)
+    return sdpa_attention(q, k, v, bias)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """:func:`exact_attention` always through ``F.scaled_dot_product_attention`` (any size)."""
+    if bias is not None and bias.dtype != torch.bool and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)
     if q.dim() == 4 and (
         bias is None
         or bias.dim() == 2
