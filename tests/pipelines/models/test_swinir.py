@@ -156,6 +156,47 @@ def test_variant_round_trip(name, tmp_path):
             assert torch.allclose(run(loaded, x), y, atol=1e-6, rtol=0)
 
 
+def _official_order(model: SwinIR, x: torch.Tensor) -> torch.Tensor:
+    """The official forward's order of operations around the body: normalise, body, head,
+    then ``/ img_range + mean`` on the full-size output (our forward folds that last step into
+    the output convolution)."""
+    height, width = x.shape[-2:]
+    x = swinir.pad_to_multiple(x, model.window_size)
+    mean, r = model.mean, model.img_range
+    x = (x - mean) * r
+    feat = model.conv_first(x)
+    body = model.conv_after_body(model.forward_features(feat)) + feat
+    if model.upsampler == "":
+        out = x + model.conv_last(body)
+    elif model.upsampler == "pixelshuffle":
+        out = model.conv_last(model.upsample(model.conv_before_upsample(body)))
+    elif model.upsampler == "pixelshuffledirect":
+        out = model.upsample(body)
+    else:
+        feat = model.conv_before_upsample(body)
+        feat = model.lrelu(model.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        if model.upscale == 4:
+            feat = model.lrelu(model.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        out = model.conv_last(model.lrelu(model.conv_hr(feat)))
+    out = out / r + mean
+    return out[..., :height * model.upscale, :width * model.upscale]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_output_scaling_folded_into_the_last_conv_equals_the_official_order(name):
+    config = VARIANTS[name]
+    model = randomised(SwinIR(config), seed=3 + len(name))
+    x = torch.rand(1, config.in_chans, config.img_size + 2, config.img_size + 5)
+    with torch.inference_mode():
+        expected = _official_order(model, x)
+        got = model(x)
+    # float32 rounding of the same sums in another order; a missing mean or 1/img_range is >= 0.4
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+    trained = model(x)  # autograd recording: the out-of-place branch folds the same way
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), expected, rtol=0, atol=2e-5)
+
+
 def test_model_info_task():
     assert SwinIR(VARIANTS["classical_x2"]).info.task == "sr"
     assert SwinIR(VARIANTS["gray_dn"]).info.task == "denoise"
