@@ -192,7 +192,7 @@ def test_task_must_match_the_model(sample_clip, tmp_path):
 # the photo is shown at or below its own resolution (as a camera would film it); denoise at
 # the acceptance size 640x360. Gains measured through the whole video path (x264 in, x264 at
 # the default crf out, yuv420p both ways): denoise +6.7 dB, sr2 +0.6 dB over a bicubic video,
-# deblur +1.5 dB (the bundled deblur model misses the issue's +2 dB goal: benchmarks/RESULTS.md).
+# deblur +1.6 dB (the bundled deblur model misses the issue's +2 dB goal: benchmarks/RESULTS.md).
 BUNDLED = [
     ("denoise", "noise", (640, 360), 5.0),
     ("deblur", "blur", (192, 128), 0.5),
