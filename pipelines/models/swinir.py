@@ -381,19 +381,18 @@ class SwinIR(nn.Module):
             # (x_norm + conv_last(feat)) / range + mean == x + conv_last(feat) / range
             out = _output_conv(self.conv_last, feat, self.img_range, None)
             out = out.add_(x) if not torch.is_grad_enabled() else out + x
-        else:
-            if self.upsampler == "pixelshuffle":
-                out = _output_conv(self.conv_last, self.upsample(self.conv_before_upsample(feat)), self.img_range, mean)
-            elif self.upsampler == "pixelshuffledirect":
-                scale = self.upscale
-                conv = _output_conv(self.upsample[0], feat, self.img_range, mean.flatten().repeat_interleave(scale * scale))
-                out = F.pixel_shuffle(conv, scale)
-            else:  # nearest+conv
-                feat = self.conv_before_upsample(feat)
-                feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-                if self.upscale == 4:
-                    feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-                out = _output_conv(self.conv_last, self.lrelu(self.conv_hr(feat)), self.img_range, mean)
+        elif self.upsampler == "pixelshuffle":
+            out = _output_conv(self.conv_last, self.upsample(self.conv_before_upsample(feat)), self.img_range, mean)
+        elif self.upsampler == "pixelshuffledirect":
+            scale = self.upscale
+            conv = _output_conv(self.upsample[0], feat, self.img_range, mean.flatten().repeat_interleave(scale * scale))
+            out = F.pixel_shuffle(conv, scale)
+        else:  # nearest+conv
+            feat = self.conv_before_upsample(feat)
+            feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+            if self.upscale == 4:
+                feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+            out = _output_conv(self.conv_last, self.lrelu(self.conv_hr(feat)), self.img_range, mean)
         return out[..., :height * self.upscale, :width * self.upscale]
 
     def body(self, feat: Tensor) -> Tensor:
