@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames shared by consecutive clips, blended with linear ramps (default clip-len // 4)")
     g.add_argument("--decoder", default="pyav", choices=("pyav", "decord"), help="file decoder (default pyav)")
     g = p.add_argument_group("output")
-    g.add_argument("--codec", default="libx264", help="video encoder (default libx264)")
+    g.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
     g.add_argument("--crf", type=int, metavar="Q", help="encoder quality (codec default if unset)")
     g.add_argument("--preset", metavar="P", help="encoder speed preset (x264 names work for every codec)")
     g.add_argument("--compare", action="store_true",

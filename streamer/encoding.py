@@ -1,6 +1,7 @@
 """Encoder settings: how each codec spells quality and speed, and which pixel format to use.
 
-``crf``/``preset`` None pick the codec's default in :data:`CODECS`. x264 preset names work for
+``codec`` None picks the output container's usual codec (:func:`default_codec`: libx264, or
+libvpx-vp9 for WebM); ``crf``/``preset`` None pick the codec's default in :data:`CODECS`. x264 preset names work for
 every codec (mapped onto libsvtav1's 0-13 and libvpx-vp9's deadline/cpu-used scales); the
 codecs' own numeric presets work too.
 
@@ -12,7 +13,8 @@ sizes with a :class:`UsageError`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 import av
@@ -26,10 +28,23 @@ log = logging.getLogger(__name__)
 class EncoderSettings:
     """What to encode with; see the module docstring for the defaults."""
 
-    codec: str = "libx264"
+    codec: Optional[str] = None
     crf: Optional[int] = None
     preset: Optional[str] = None
     pix_fmt: str = "yuv420p"
+
+    def for_output(self, path: str) -> "EncoderSettings":
+        """These settings with ``codec`` filled in for the output file ``path``."""
+        return self if self.codec is not None else replace(self, codec=default_codec(path))
+
+
+# Output extension -> video codec when none is given (WebM takes only VP8/VP9/AV1).
+_CONTAINER_CODEC = {".webm": "libvpx-vp9"}
+
+
+def default_codec(path: str) -> str:
+    """The video codec written when the user names none: libx264, or what the container needs."""
+    return _CONTAINER_CODEC.get(os.path.splitext(os.fspath(path))[1].lower(), "libx264")
 
 
 _X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
@@ -115,6 +130,8 @@ def video_encoder(name: str) -> "av.Codec":
 
 def encoder_options(settings: EncoderSettings) -> Dict[str, str]:
     """FFmpeg options for ``settings``; UsageError for values the codec cannot take."""
+    if settings.codec is None:
+        settings = replace(settings, codec="libx264")
     profile = CODECS.get(settings.codec)
     if profile is None:
         if settings.crf is not None or settings.preset is not None:

@@ -81,7 +81,7 @@ class Options:
     clip_overlap: Optional[int] = None      # None: 0, or clip_len // 4 for video models
     sigma: Optional[float] = None           # noise level (0-255) for non-blind video denoisers
     fp16: bool = False
-    codec: str = "libx264"
+    codec: Optional[str] = None             # None: libx264 (libvpx-vp9 for .webm)
     crf: Optional[int] = None
     preset: Optional[str] = None
     compare: bool = False                   # side-by-side: input (resized) | result
@@ -172,10 +172,11 @@ def check_options(opts: Options) -> None:
         raise UsageError("window= applies to checkpoints and presets, not to a model object")
 
 
-def check_encoder(opts: Options) -> None:
+def check_encoder(opts: Options, output: str) -> None:
     """Codec, crf and preset, checked before the model loads (the sink checks the rest)."""
-    video_encoder(opts.codec)
-    encoder_options(EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset))
+    settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset).for_output(output)
+    video_encoder(settings.codec)
+    encoder_options(settings)
 
 
 def prepare_model(opts: Options) -> Tuple[nn.Module, str]:
@@ -314,7 +315,7 @@ def run(input: str, output: str, **options) -> Stats:
     streaming = False
     try:
         check_output_path(output, input_path=input)
-        check_encoder(opts)
+        check_encoder(opts, output)
         model, stats.model = prepare_model(opts)
         info = describe_model(model)
         check_model_fits(info, opts, stats.model)

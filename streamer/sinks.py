@@ -2,8 +2,9 @@
 
 The output keeps what the input had: every frame's timestamp (variable frame rate included; the
 output pts are the input pts, rescaled to the output stream's time base), the colour tags
-(range, matrix, primaries, transfer), and the audio streams, copied packet for packet
-(never re-encoded) and interleaved with the video by time.
+(range, matrix, primaries, transfer), and the audio streams, interleaved with the video by
+time: copied packet for packet, or re-encoded where the container cannot hold the codec
+(:mod:`streamer.audio`).
 
 The file is written under a hidden temporary name in the output's directory and renamed over
 the output only once it is complete, so an interrupted run never leaves a broken file under the
@@ -19,10 +20,11 @@ import logging
 import os
 import secrets
 from collections import deque
-from typing import Deque, Dict, Iterator, Optional, Tuple
+from typing import Deque, Dict, Optional, Tuple
 
 import av
 
+from .audio import MPEGTS_CODECS, AudioTracks
 from .avutil import describe_av_error, display_path
 from .encoding import EncoderSettings, encoder_options, pick_pix_fmt, video_encoder
 from .errors import ProcessingError, UsageError
@@ -83,64 +85,14 @@ def _temp_path(path: str) -> str:
     return os.path.join(directory, f".{stem}.partial-{secrets.token_hex(4)}{ext}")
 
 
-# MPEG-TS cannot answer FFmpeg's "do you support this codec" query: the codecs it has stream
-# types for (others would be written as opaque data no player decodes).
-_MPEGTS_CODECS = {"h264", "hevc", "mpeg2video", "mpeg4", "aac", "mp2", "mp3", "ac3", "eac3", "opus", "dts"}
-
-
 def _container_accepts(output: "av.container.OutputContainer", codec: "av.Codec") -> bool:
     if output.format.name == "mpegts":
-        return codec.canonical_name in _MPEGTS_CODECS
+        return codec.canonical_name in MPEGTS_CODECS
     return codec.name in output.supported_codecs
 
 
 # FFmpeg colour enums -> swscale matrix constants (where they differ; equal values pass through).
 _SWS_MATRIX = {6: 5, 10: 9}     # smpte170m -> itu601, bt2020 constant luminance -> bt2020
-
-
-class AudioCopy:
-    """Remuxes the audio streams of ``source`` into ``output`` unchanged, packet by packet,
-    a little ahead of the video so the muxer can interleave without buffering."""
-
-    def __init__(self, source: str, output: "av.container.OutputContainer") -> None:
-        self._output = output
-        self._input = av.open(source)
-        self._streams: Dict[int, "av.stream.Stream"] = {}
-        for stream in self._input.streams.audio:
-            name = stream.codec_context.name
-            if not _container_accepts(output, stream.codec_context.codec):
-                log.warning("%s audio cannot go into a .%s file: audio stream %d dropped "
-                            "(choose .mkv or .mp4 to keep it)", name, output.format.name, stream.index)
-                continue
-            self._streams[stream.index] = output.add_stream_from_template(stream)
-        self._packets: Iterator["av.Packet"] = (
-            self._input.demux(*[self._input.streams[i] for i in self._streams]) if self._streams else iter(()))
-        self._pending: Optional["av.Packet"] = None
-
-    @staticmethod
-    def _seconds(packet: "av.Packet") -> float:
-        ts = packet.dts if packet.dts is not None else packet.pts
-        return float(ts * packet.time_base) if ts is not None else float("-inf")
-
-    def mux_until(self, seconds: float) -> None:
-        """Mux every audio packet that starts before ``seconds``."""
-        while True:
-            if self._pending is None:
-                self._pending = next(self._packets, None)
-                if self._pending is None:
-                    return
-            packet = self._pending
-            if packet.size == 0:   # demuxer's end-of-stream marker
-                self._pending = None
-                continue
-            if self._seconds(packet) >= seconds:
-                return
-            packet.stream = self._streams[packet.stream_index]
-            self._output.mux(packet)
-            self._pending = None
-
-    def close(self) -> None:
-        self._input.close()
 
 
 class VideoSink:
@@ -152,11 +104,12 @@ class VideoSink:
         check_output_path(path, audio_from)   # audio_from is the input: never write over it
         self.path = os.fspath(path)
         self.width, self.height = int(width), int(height)
+        settings = settings.for_output(self.path)
         self.settings = settings
         self.frames_written = 0
         self._shown = display_path(self.path)
         self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
-        self._audio: Optional[AudioCopy] = None
+        self._audio: Optional[AudioTracks] = None
         self._last_end = 0.0        # seconds: where the last written frame ends
         self._temp = _temp_path(self.path)
         self._output: Optional["av.container.OutputContainer"] = None
@@ -188,7 +141,7 @@ class VideoSink:
                 if value:
                     setattr(cc, attr, value)
             if audio_from is not None:
-                self._audio = AudioCopy(audio_from, self._output)
+                self._audio = AudioTracks(audio_from, self._output)
             # Write the header now: a codec that refuses these settings fails here, before
             # any frame has been processed.
             self._output.start_encoding()
@@ -281,8 +234,7 @@ class VideoSink:
         self._unmuxed.extend(self._video.encode(None))
         self._mux_pending()
         if self._audio is not None:
-            self._audio.mux_until(audio_until)
-            self._audio.close()
+            self._audio.finish(audio_until)
         self._output.close()
         os.replace(self._temp, self.path)
 

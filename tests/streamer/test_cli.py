@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import pytest
 
 from pipelines import zoo
@@ -140,6 +141,20 @@ def test_run_with_weights_writes_output_and_stats(clip_factory, decode, tmp_path
     assert stats["latency_ms_p50"] <= stats["latency_ms_p95"]
     assert set(stats["stage_seconds"]) >= {"decode", "model", "encode"}
     assert "wrote" in capsys.readouterr().err
+
+
+def test_webm_output_picks_vp9_and_keeps_the_audio(clip_factory, tmp_path, capsys, caplog):
+    # Before: the default libx264 could not go into .webm (exit 2) unless --codec was given,
+    # and the AAC audio was dropped.
+    clip = clip_factory(name="in.mp4", frames=4, width=32, height=24)
+    weights = save_tiny_swinir(tmp_path / "tiny.safetensors", scale=1)
+    code = main([str(clip.path), str(tmp_path / "out.webm"), "--weights", str(weights), "--workers", "0", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "re-encoded as libopus" in caplog.text
+    with av.open(str(tmp_path / "out.webm")) as out:
+        assert out.streams.video[0].codec_context.name in ("vp9", "libvpx-vp9")
+        assert len(out.streams.audio) == 1 and sum(1 for _ in out.decode(video=0)) == 4
 
 
 def test_models_lists_the_presets(capsys):

@@ -1,7 +1,6 @@
 """Workers: the in-process device worker and the CPU process pool (streamer/workers.py)."""
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess

@@ -1,0 +1,161 @@
+"""Audio for the output file: every audio stream of the input, copied packet for packet where
+the output container can hold its codec, re-encoded only where it cannot.
+
+Copying is the rule (no generation loss, identical packets). But a container choice should not
+silently cost the soundtrack: AAC cannot go into WebM, Opus and Vorbis cannot go into MOV, and
+so on. Such a stream is decoded and re-encoded to the container's own audio codec (Opus for
+WebM and Matroska, AAC elsewhere), at its sample rate and channel layout, with a one-line
+warning that says so. A stream FFmpeg cannot decode is dropped, with a warning.
+
+Whether a muxer takes a codec is asked of FFmpeg itself (a header written to memory), not read
+from its codec list: MOV lists Opus, for one, and then refuses to write the header.
+
+Packets leave in time order, a little ahead of the video (:meth:`AudioTracks.mux_until`), so
+the muxer interleaves without buffering the whole soundtrack.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from fractions import Fraction
+from typing import Dict, Iterator, List, Optional
+
+import av
+
+log = logging.getLogger(__name__)
+
+# MPEG-TS cannot answer FFmpeg's "do you support this codec" query: the codecs it has stream
+# types for (others would be written as opaque data no player decodes).
+MPEGTS_CODECS = {"h264", "hevc", "mpeg2video", "mpeg4", "aac", "mp2", "mp3", "ac3", "eac3", "opus", "dts"}
+
+# Audio encoder for streams that cannot be copied, per muxer, and its bit rate per channel.
+_REENCODE_TO = {"webm": "libopus", "matroska": "libopus", "nut": "libopus"}   # else "aac"
+_BITS_PER_CHANNEL = {"libopus": 64_000, "aac": 96_000}
+
+
+def muxer_takes(format_name: str, stream: "av.stream.Stream") -> bool:
+    """Whether FFmpeg's ``format_name`` muxer writes a header for a copy of ``stream``."""
+    if format_name == "mpegts":
+        return stream.codec_context.codec.canonical_name in MPEGTS_CODECS
+    probe = av.open(io.BytesIO(), "w", format=format_name)
+    try:
+        probe.add_stream_from_template(stream)
+        probe.start_encoding()
+        return True
+    except (av.FFmpegError, ValueError):
+        return False
+    finally:
+        try:
+            probe.close()
+        except (av.FFmpegError, ValueError):
+            pass
+
+
+def _encoder_rate(codec: "av.Codec", rate: int) -> int:
+    """``rate`` if the encoder takes it, else the nearest higher rate it takes (or its highest)."""
+    rates = sorted(codec.audio_rates or ())
+    if not rates or rate in rates:
+        return rate
+    higher = [r for r in rates if r >= rate]
+    return higher[0] if higher else rates[-1]
+
+
+class _Reencode:
+    """Decode one input audio stream and encode it into ``output`` with ``encoder``."""
+
+    def __init__(self, source: "av.stream.Stream", output: "av.container.OutputContainer", encoder: str) -> None:
+        cc = source.codec_context
+        codec = av.Codec(encoder, "w")
+        rate = _encoder_rate(codec, cc.sample_rate)
+        self.stream = output.add_stream(encoder, rate=rate)
+        out_cc = self.stream.codec_context
+        out_cc.layout = cc.layout
+        out_cc.format = codec.audio_formats[0]
+        out_cc.bit_rate = _BITS_PER_CHANNEL.get(encoder, 96_000) * max(1, cc.channels)
+        self.stream.time_base = Fraction(1, rate)
+        self._source = source
+        self.description = f"{encoder} {out_cc.bit_rate // 1000} kb/s"
+
+    def packets(self, packet: "av.Packet") -> List["av.Packet"]:
+        """Encoded packets for one input packet (an empty packet flushes the decoder)."""
+        out: List["av.Packet"] = []
+        for frame in self._source.codec_context.decode(packet if packet.size else None):
+            out.extend(self.stream.encode(frame))
+        return out
+
+    def flush(self) -> List["av.Packet"]:
+        return list(self.stream.encode(None))
+
+
+class AudioTracks:
+    """The audio streams of ``source`` into ``output``; see the module docstring."""
+
+    def __init__(self, source: str, output: "av.container.OutputContainer") -> None:
+        self._output = output
+        self._input = av.open(source)
+        self._copies: Dict[int, "av.stream.Stream"] = {}
+        self._reencodes: Dict[int, _Reencode] = {}
+        container = output.format.name
+        kind = os.path.splitext(str(output.name))[1] or f".{container}"   # what the user typed
+        for stream in self._input.streams.audio:
+            name = stream.codec_context.name
+            if muxer_takes(container, stream):
+                self._copies[stream.index] = output.add_stream_from_template(stream)
+                continue
+            encoder = _REENCODE_TO.get(container, "aac")
+            if stream.codec_context.codec is None or not stream.codec_context.codec.is_decoder:
+                log.warning("%s audio cannot go into a %s file and cannot be decoded: audio stream %d "
+                            "dropped", name, kind, stream.index)
+                continue
+            reencode = _Reencode(stream, output, encoder)
+            self._reencodes[stream.index] = reencode
+            log.warning("%s audio cannot go into a %s file: audio stream %d re-encoded as %s "
+                        "(choose .mkv to copy it unchanged)", name, kind, stream.index, reencode.description)
+        kept = [self._input.streams[i] for i in (*self._copies, *self._reencodes)]
+        self._packets: Iterator["av.Packet"] = self._input.demux(*kept) if kept else iter(())
+        self._pending: Optional["av.Packet"] = None
+        self._finished = False
+
+    @property
+    def reencoded(self) -> List[int]:
+        """Input stream indices that are re-encoded rather than copied."""
+        return sorted(self._reencodes)
+
+    @staticmethod
+    def _seconds(packet: "av.Packet") -> float:
+        ts = packet.dts if packet.dts is not None else packet.pts
+        return float(ts * packet.time_base) if ts is not None else float("-inf")
+
+    def mux_until(self, seconds: float) -> None:
+        """Mux every audio packet that starts before ``seconds``."""
+        while True:
+            if self._pending is None:
+                self._pending = next(self._packets, None)
+                if self._pending is None:
+                    return
+            packet = self._pending
+            if packet.size and self._seconds(packet) >= seconds:
+                return
+            self._pending = None
+            index = packet.stream_index
+            if index in self._reencodes:
+                for encoded in self._reencodes[index].packets(packet):
+                    self._output.mux(encoded)
+            elif packet.size:   # (size 0: the demuxer's end-of-stream marker)
+                packet.stream = self._copies[index]
+                self._output.mux(packet)
+
+    def finish(self, seconds: float = float("inf")) -> None:
+        """Mux up to ``seconds``, drain the re-encoders and close the input."""
+        if self._finished:
+            return
+        self.mux_until(seconds)
+        for reencode in self._reencodes.values():
+            for encoded in reencode.flush():
+                self._output.mux(encoded)
+        self._finished = True
+        self.close()
+
+    def close(self) -> None:
+        self._input.close()

@@ -1,0 +1,169 @@
+"""streamer.audio: audio copied where the container takes it, re-encoded where it does not.
+
+Real encodes and muxes through PyAV; the sound is checked by decoding it back (a 440 Hz tone
+must still be a 440 Hz tone, in sync with the video)."""
+from __future__ import annotations
+
+import io
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streamer.audio import muxer_takes
+from streamer.sinks import EncoderSettings, VideoSink
+from streamer.sources import open_source
+
+
+def copy_through(src: Path, out: Path, settings: EncoderSettings = EncoderSettings(), stop_after=None,
+                 keep_partial=False) -> VideoSink:
+    with open_source(str(src)) as source:
+        sink = VideoSink(str(out), source.info, source.info.width, source.info.height, settings,
+                         audio_from=source.path)
+        for frame in source:
+            if stop_after is not None and frame.index == stop_after:
+                sink.abort(keep_partial=keep_partial)
+                return sink
+            sink.write(frame)
+        sink.close()
+    return sink
+
+
+def decoded_audio(path: Path):
+    """(first sample time in s, samples (channels, n) float, rate, codec) of every audio stream."""
+    tracks = []
+    with av.open(str(path)) as container:
+        for stream in container.streams.audio:
+            chunks, start = [], None
+            for frame in container.decode(stream):
+                if start is None and frame.pts is not None:
+                    start = float(frame.pts * frame.time_base)
+                chunks.append(frame.to_ndarray().reshape(frame.layout.nb_channels, -1)
+                              if frame.format.is_planar else frame.to_ndarray().reshape(-1, frame.layout.nb_channels).T)
+            tracks.append((start, np.concatenate(chunks, axis=1).astype(np.float64), stream.rate,
+                           stream.codec_context.name))
+            container.seek(0)
+    return tracks
+
+
+def video_span(path: Path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in container.decode(stream)]
+    return times[0], times[-1] + float(1 / stream.average_rate)
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    mono = samples.mean(axis=0)
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
+    return float(np.argmax(spectrum) * rate / len(mono))
+
+
+def write_opus_mkv(path: Path, frames: np.ndarray, fps: int = 30) -> None:
+    """A Matroska file with H.264 video and an Opus 440 Hz tone (MOV cannot hold Opus)."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        aus = out.add_stream("libopus", rate=48000)
+        aus.layout = "stereo"
+        for i, img in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf.pts = i
+            vf.time_base = Fraction(1, fps)
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode(None))
+        total = 48000 * len(frames) // fps
+        t = np.arange(total) / 48000
+        wave = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for start in range(0, total, 960):
+            af = av.AudioFrame.from_ndarray(np.stack([wave[start:start + 960]] * 2), format="fltp",
+                                            layout="stereo")
+            af.sample_rate, af.pts, af.time_base = 48000, start, Fraction(1, 48000)
+            out.mux(aus.encode(af))
+        out.mux(aus.encode(None))
+
+
+def assert_same_tone_in_sync(src: Path, out: Path, tracks: int = 1) -> None:
+    before, after = decoded_audio(src), decoded_audio(out)
+    assert len(after) == tracks
+    (_, a_samples, a_rate, _), v_start = before[0], video_span(src)[0]
+    b_v_start, b_v_end = video_span(out)
+    for b_start, b_samples, b_rate, _ in after:
+        assert dominant_hz(b_samples, b_rate) == pytest.approx(440, abs=5)
+        rms_a, rms_b = np.sqrt(np.mean(a_samples ** 2)), np.sqrt(np.mean(b_samples ** 2))
+        assert rms_b == pytest.approx(rms_a, rel=0.1)          # the tone, not silence or clipping
+        duration = b_samples.shape[1] / b_rate
+        assert duration == pytest.approx(a_samples.shape[1] / a_rate, abs=0.05)
+        assert abs((b_start - b_v_start) - (before[0][0] - v_start)) < 0.03   # still in sync
+        assert b_start + duration <= b_v_end + 0.1
+
+
+def test_muxer_probe_asks_ffmpeg_not_the_codec_list(tmp_path, sample_clip):
+    opus = tmp_path / "opus.mkv"
+    write_opus_mkv(opus, np.zeros((3, 32, 32, 3), np.uint8))
+    with av.open(str(opus)) as container:
+        stream = container.streams.audio[0]
+        assert "opus" in av.open(io.BytesIO(), "w", format="mov").supported_codecs   # listed ...
+        assert not muxer_takes("mov", stream)                                      # ... refused
+        assert muxer_takes("mp4", stream) and muxer_takes("matroska", stream) and muxer_takes("webm", stream)
+    with av.open(str(sample_clip.path)) as container:
+        aac = container.streams.audio[0]
+        assert muxer_takes("mp4", aac) and muxer_takes("mov", aac) and muxer_takes("mpegts", aac)
+        assert not muxer_takes("webm", aac)
+
+
+def test_aac_into_webm_is_reencoded_as_opus_with_vp9_video(clip_factory, tmp_path, caplog):
+    clip = clip_factory(frames=20, width=64, height=48)
+    out = tmp_path / "out.webm"
+    with caplog.at_level(logging.WARNING, logger="streamer"):
+        sink = copy_through(clip.path, out)           # no codec given: the container's (VP9)
+    assert sink.settings.codec == "libvpx-vp9"
+    assert "re-encoded as libopus" in caplog.text and ".webm" in caplog.text
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name in ("vp9", "libvpx-vp9")
+        assert [s.codec_context.name for s in container.streams.audio] in (["opus"], ["libopus"])
+    assert_same_tone_in_sync(clip.path, out)
+
+
+def test_opus_into_mov_is_reencoded_as_aac(tmp_path, caplog):
+    # Before: MOV lists Opus among its codecs, the header write then failed, and the run
+    # stopped with "cannot encode ... with libx264 ...: Invalid argument".
+    frames = np.random.default_rng(0).integers(0, 255, (15, 48, 64, 3), dtype=np.uint8)
+    src = tmp_path / "opus.mkv"
+    write_opus_mkv(src, frames)
+    out = tmp_path / "out.mov"
+    with caplog.at_level(logging.WARNING, logger="streamer"):
+        copy_through(src, out)
+    assert "opus audio cannot go into a .mov file: audio stream 1 re-encoded as aac" in caplog.text
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].frames == 15 or sum(1 for _ in container.decode(video=0)) == 15
+    assert_same_tone_in_sync(src, out)
+
+
+def test_copyable_audio_is_never_reencoded(clip_factory, tmp_path, caplog):
+    clip = clip_factory(frames=10, width=64, height=48)
+    for name in ("out.mkv", "out.mov", "out.ts"):
+        with caplog.at_level(logging.WARNING, logger="streamer"):
+            copy_through(clip.path, tmp_path / name)
+        assert "re-encoded" not in caplog.text
+        with av.open(str(clip.path)) as a, av.open(str(tmp_path / name)) as b:
+            before = [bytes(p) for p in a.demux(a.streams.audio[0]) if p.size]
+            after = [bytes(p) for p in b.demux(b.streams.audio[0]) if p.size]
+        if name.endswith(".ts"):   # MPEG-TS frames AAC with a 7-byte ADTS header; payload unchanged
+            assert all(p[:2] == b"\xff\xf1" for p in after)
+            after = [p[7:] for p in after]
+        assert after == before
+
+
+def test_partial_output_keeps_reencoded_audio_up_to_the_last_frame(clip_factory, tmp_path):
+    clip = clip_factory(frames=30, width=64, height=48)
+    out = tmp_path / "out.webm"
+    sink = copy_through(clip.path, out, stop_after=12, keep_partial=True)
+    assert sink.frames_written == 12 and out.exists()
+    [(start, samples, rate, _)] = decoded_audio(out)
+    end = start + samples.shape[1] / rate
+    assert 12 / 30 - 0.05 < end < 12 / 30 + 0.1        # cut where the video stops, not at 1 s
+    assert dominant_hz(samples, rate) == pytest.approx(440, abs=10)
