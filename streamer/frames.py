@@ -26,6 +26,9 @@ class VideoInfo:
     color_trc: Optional[int] = None
     has_audio: bool = False
     live: bool = False
+    # FFmpeg's 3x3 display matrix (9 ints), None for "as coded": how players rotate/flip the
+    # picture (phone videos are often stored landscape with a 90-degree rotation to apply).
+    display_matrix: Optional[Tuple[int, ...]] = None
 
 
 @dataclass(frozen=True)

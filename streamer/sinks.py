@@ -130,6 +130,8 @@ class VideoSink:
                                  f"file: choose another codec or container")
             self._video = self._output.add_stream(settings.codec, rate=info.average_rate or None,
                                                   options=options)
+            if info.display_matrix is not None:   # the input's rotation / flips, for players
+                self._video.set_display_matrix(list(info.display_matrix))
             cc = self._video.codec_context
             self._video.width, self._video.height = self.width, self.height
             self._video.pix_fmt = self.pix_fmt

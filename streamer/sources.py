@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import struct
 from fractions import Fraction
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import av
 
@@ -173,7 +174,20 @@ def _video_info(container: "av.container.InputContainer", stream: "av.video.stre
         color_primaries=_tag(first.color_primaries, cc.color_primaries, unspecified=2),
         color_trc=_tag(first.color_trc, cc.color_trc, unspecified=2),
         has_audio=bool(container.streams.audio),
+        display_matrix=_display_matrix(first),
     )
+
+
+_IDENTITY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+
+
+def _display_matrix(frame: "av.VideoFrame") -> Optional[Tuple[int, ...]]:
+    """The frame's display matrix (rotation / flips for players), None if absent or identity."""
+    for side_data in frame.side_data:
+        if getattr(side_data.type, "name", "") == "DISPLAYMATRIX":
+            matrix = struct.unpack("<9i", bytes(side_data)[:36])
+            return None if matrix == _IDENTITY_MATRIX else matrix
+    return None
 
 
 def _tag(frame_value, stream_value, unspecified: int) -> Optional[int]:

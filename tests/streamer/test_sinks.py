@@ -419,3 +419,43 @@ def test_sigint_while_writing(keep, tmp_path, decode):
         assert [p * b.time_base for p in b.pts] == [Fraction(i, 30) for i in range(int(written))]
     else:
         assert kept == "None" and os.listdir(tmp_path) == []
+
+
+def _display_matrix_bytes(path) -> bytes | None:
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        for side_data in frame.side_data:
+            if getattr(side_data.type, "name", "") == "DISPLAYMATRIX":
+                return bytes(side_data)
+    return None
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+@pytest.mark.parametrize("degrees,hflip", [(90, False), (-90, True), (180, False)])
+def test_rotation_and_flips_are_kept(ext, degrees, hflip, tmp_path):
+    # Before: a phone video (stored landscape, "rotate 90" in its display matrix) came out
+    # without the matrix, i.e. played sideways.
+    src = tmp_path / f"rotated{ext}"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(degrees, hflip=hflip)
+        for i in range(3):
+            vf = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+    matrix = _display_matrix_bytes(src)
+    assert matrix is not None
+    assert open_source(str(src)).info.display_matrix is not None
+    out_path = tmp_path / f"out{ext}"
+    copy_through(src, out_path, audio=False)
+    assert _display_matrix_bytes(out_path) == matrix
+    with av.open(str(out_path)) as container:
+        assert next(container.decode(video=0)).rotation % 360 == pytest.approx(degrees % 360)
+
+
+def test_no_display_matrix_is_invented(sample_clip, tmp_path):
+    assert open_source(str(sample_clip.path)).info.display_matrix is None
+    copy_through(sample_clip.path, tmp_path / "out.mp4", audio=False)
+    assert _display_matrix_bytes(tmp_path / "out.mp4") is None
