@@ -29,6 +29,8 @@ class VideoInfo:
     # FFmpeg's 3x3 display matrix (9 ints), None for "as coded": how players rotate/flip the
     # picture (phone videos are often stored landscape with a 90-degree rotation to apply).
     display_matrix: Optional[Tuple[int, ...]] = None
+    # Pixel shape (width / height of one pixel), None for square: anamorphic SD/DV video.
+    sample_aspect_ratio: Optional[Fraction] = None
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,8 @@ class VideoSink:
             self._video.time_base = info.time_base
             cc.time_base = info.time_base
             cc.thread_count = 0
+            if info.sample_aspect_ratio is not None:   # anamorphic input: same pixel shape out
+                cc.sample_aspect_ratio = self._video.sample_aspect_ratio = info.sample_aspect_ratio
             for attr, value in (("color_range", info.color_range), ("colorspace", info.color_space),
                                 ("color_primaries", info.color_primaries), ("color_trc", info.color_trc)):
                 if value:

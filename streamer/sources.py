@@ -175,7 +175,16 @@ def _video_info(container: "av.container.InputContainer", stream: "av.video.stre
         color_trc=_tag(first.color_trc, cc.color_trc, unspecified=2),
         has_audio=bool(container.streams.audio),
         display_matrix=_display_matrix(first),
+        sample_aspect_ratio=_pixel_shape(stream),
     )
+
+
+def _pixel_shape(stream: "av.video.stream.VideoStream") -> Optional[Fraction]:
+    """The stream's sample aspect ratio; None when square or unknown (0/1)."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not sar or sar.numerator <= 0 or sar == 1:
+        return None
+    return Fraction(sar)
 
 
 _IDENTITY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)

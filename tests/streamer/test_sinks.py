@@ -456,6 +456,27 @@ def test_rotation_and_flips_are_kept(ext, degrees, hflip, tmp_path):
 
 
 def test_no_display_matrix_is_invented(sample_clip, tmp_path):
-    assert open_source(str(sample_clip.path)).info.display_matrix is None
+    info = open_source(str(sample_clip.path)).info
+    assert info.display_matrix is None and info.sample_aspect_ratio is None   # square pixels
     copy_through(sample_clip.path, tmp_path / "out.mp4", audio=False)
     assert _display_matrix_bytes(tmp_path / "out.mp4") is None
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_anamorphic_pixel_shape_is_kept(ext, tmp_path):
+    # Before: a 16:15-pixel PAL-style clip came out with square pixels (4:3 became 5:4).
+    src = tmp_path / f"anamorphic{ext}"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 72, 56, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = stream.sample_aspect_ratio = Fraction(16, 15)
+        for i in range(3):
+            vf = av.VideoFrame.from_ndarray(np.full((56, 72, 3), 50 * i, np.uint8), format="rgb24")
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+    assert open_source(str(src)).info.sample_aspect_ratio == Fraction(16, 15)
+    copy_through(src, tmp_path / f"out{ext}", audio=False)
+    with av.open(str(tmp_path / f"out{ext}")) as container:
+        assert container.streams.video[0].sample_aspect_ratio == Fraction(16, 15)
+    assert open_source(str(tmp_path / f"out{ext}")).info.sample_aspect_ratio == Fraction(16, 15)
