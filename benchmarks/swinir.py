@@ -14,6 +14,12 @@ shared machine):
 
 Derived: speed-ups, and the share of attention cost that Nyström leaves,
 ``(T_nystrom - T_floor) / (T_official - T_floor)`` (and the same against our exact mode).
+
+``bound``: what the floor could be at best on this machine. The floor's matrix products (every
+linear and convolution, counted from the model's shapes) divided by the best float32 GEMM rate
+this process reaches (square 2048/4096 products, no skinny shapes) is a time no implementation
+of the rest of the model can beat; ``official / that`` caps the speed-up of *any* attention
+method, Nyström at zero cost included.
 Our exact outputs are checked against the official formulation (allclose). Derived figures
 use wall-clock medians; ``cpu_seconds`` (process CPU time) is reported too, since it is the
 steadier measure on a shared machine (run with ``--threads 1`` to compare by CPU time).
@@ -106,6 +112,35 @@ def set_form(model: SwinIR, form: str, chunk_bytes: int) -> None:
         patch_attention(model, form, landmarks=16, iters=2)
 
 
+def gemm_peak_gflops(reps: int = 3) -> float:
+    """The best float32 GEMM rate (GFLOP/s) here: square 2048 and 4096 products, best of ``reps``."""
+    best = 0.0
+    for n in (2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def matmul_gflop(model: SwinIR, size: int, window: int) -> float:
+    """GFLOP of the floor's linears and convolutions on a ``size``² input padded to ``window``
+    (stride-1 convolutions at full resolution: no upsampler, as SwinIR-M denoising)."""
+    side = -(-size // window) * window
+    pixels = side * side
+    flop = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            flop += 2 * pixels * module.in_features * module.out_features
+        elif isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            flop += 2 * pixels * module.in_channels // module.groups * module.out_channels * kh * kw
+    return flop / 1e9
+
+
 def timed(model: SwinIR, x: torch.Tensor):
     """(wall seconds, process CPU seconds, output); CPU time is steadier on a busy machine."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -159,6 +194,21 @@ def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dic
         "max_abs_diff_exact_vs_official": float((outputs["exact"] - outputs["official"]).abs().max()),
         "psnr_nystrom_vs_exact_db": round(psnr(outputs["nystrom"], outputs["exact"]), 2),
         "bias_store_used_mb": round(STORE.nbytes / 2**20),
+        "bound": bound(model, size, window, t, args.peak_gflops),
+    }
+
+
+def bound(model: SwinIR, size: int, window: int, t: Dict[str, float], peak: float) -> dict:
+    """See the module docstring: the floor at this machine's best GEMM rate, and what it caps."""
+    gflop = matmul_gflop(model, size, window)
+    floor_at_peak = gflop / peak
+    return {
+        "matmul_gflop": round(gflop, 1),
+        "floor_matmul_s_at_peak": round(floor_at_peak, 3),
+        "floor_share_of_peak": round(floor_at_peak / t["floor"], 3),
+        "floor_gflops": round(gflop / t["floor"], 1),
+        "max_speedup_vs_official_any_attention": round(t["official"] / floor_at_peak, 2),
+        "max_speedup_vs_official_with_this_floor": round(t["official"] / t["floor"], 2),
     }
 
 
@@ -192,6 +242,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    args.peak_gflops = gemm_peak_gflops()
     state_dict = random_state_dict(SWINIR_M_DENOISE)
     results = []
     for size in sizes:
@@ -203,6 +254,7 @@ def main(argv=None) -> None:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "allocator_tuned": ALLOCATOR_TUNED, "quick": args.quick, "reps": reps,
         "nystrom": {"landmarks": 16, "iters": 2},
         "bias_store_budget_mb": round(STORE.budget / 2**20),
+        "gemm_peak_gflops": round(args.peak_gflops, 1),
         "results": results,
         "goals": goals(results),
     }
