@@ -355,7 +355,7 @@ def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stat
     try:
         worker.start()   # worker processes load the model while the sink opens and frames decode
         sink = VideoSink(output, source.info, out_w * (2 if opts.compare else 1), out_h, settings,
-                         audio_from=source.path if source.info.has_audio else None)
+                         streams_from=source.path)
         threads = [
             threading.Thread(target=_decode_stage, args=(source, cutter, work, shared), name="decode", daemon=True),
             threading.Thread(target=_model_stage, args=(worker, work, results, shared), name="model", daemon=True),

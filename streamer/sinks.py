@@ -2,9 +2,10 @@
 
 The output keeps what the input had: every frame's timestamp (variable frame rate included; the
 output pts are the input pts, rescaled to the output stream's time base), the colour tags
-(range, matrix, primaries, transfer), and the audio streams, interleaved with the video by
-time: copied packet for packet, or re-encoded where the container cannot hold the codec
-(:mod:`streamer.audio`).
+(range, matrix, primaries, transfer), the display matrix and pixel shape, and, through
+:mod:`streamer.passthrough`, the audio (copied packet for packet, re-encoded only where the
+container cannot hold the codec) and subtitle streams, interleaved with the video by time, with
+the container's and streams' tags.
 
 The file is written under a hidden temporary name in the output's directory and renamed over
 the output only once it is complete, so an interrupted run never leaves a broken file under the
@@ -24,7 +25,7 @@ from typing import Deque, Dict, Optional, Tuple
 
 import av
 
-from .audio import MPEGTS_CODECS, AudioTracks
+from .passthrough import MPEGTS_CODECS, Passthrough
 from .avutil import describe_av_error, display_path
 from .encoding import EncoderSettings, encoder_options, pick_pix_fmt, video_encoder
 from .errors import ProcessingError, UsageError
@@ -100,8 +101,8 @@ class VideoSink:
     exception inside the ``with`` block aborts (nothing is left under ``path``)."""
 
     def __init__(self, path: str, info: VideoInfo, width: int, height: int,
-                 settings: EncoderSettings = EncoderSettings(), audio_from: Optional[str] = None) -> None:
-        check_output_path(path, audio_from)   # audio_from is the input: never write over it
+                 settings: EncoderSettings = EncoderSettings(), streams_from: Optional[str] = None) -> None:
+        check_output_path(path, streams_from)   # streams_from is the input: never write over it
         self.path = os.fspath(path)
         self.width, self.height = int(width), int(height)
         settings = settings.for_output(self.path)
@@ -109,7 +110,7 @@ class VideoSink:
         self.frames_written = 0
         self._shown = display_path(self.path)
         self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
-        self._audio: Optional[AudioTracks] = None
+        self._passthrough: Optional[Passthrough] = None
         self._last_end = 0.0        # seconds: where the last written frame ends
         self._temp = _temp_path(self.path)
         self._output: Optional["av.container.OutputContainer"] = None
@@ -144,8 +145,8 @@ class VideoSink:
                                 ("color_primaries", info.color_primaries), ("color_trc", info.color_trc)):
                 if value:
                     setattr(cc, attr, value)
-            if audio_from is not None:
-                self._audio = AudioTracks(audio_from, self._output)
+            if streams_from is not None:
+                self._passthrough = Passthrough(streams_from, self._output, self._video)
             # Write the header now: a codec that refuses these settings fails here, before
             # any frame has been processed.
             self._output.start_encoding()
@@ -192,8 +193,8 @@ class VideoSink:
         # packets loses none of them: abort(keep_partial=True) muxes the rest.
         while self._unmuxed:
             packet = self._unmuxed.popleft()
-            if self._audio is not None and packet.dts is not None:
-                self._audio.mux_until(float(packet.dts * packet.time_base))
+            if self._passthrough is not None and packet.dts is not None:
+                self._passthrough.mux_until(float(packet.dts * packet.time_base))
             self._output.mux(packet)
 
     # -- finishing ---------------------------------------------------------------------------
@@ -237,13 +238,13 @@ class VideoSink:
         self._mux_pending()
         self._unmuxed.extend(self._video.encode(None))
         self._mux_pending()
-        if self._audio is not None:
-            self._audio.finish(audio_until)
+        if self._passthrough is not None:
+            self._passthrough.finish(audio_until)
         self._output.close()
         os.replace(self._temp, self.path)
 
     def _discard(self) -> None:
-        for part in (self._audio, self._output):
+        for part in (self._passthrough, self._output):
             try:
                 if part is not None:
                     part.close()

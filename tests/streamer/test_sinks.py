@@ -22,7 +22,7 @@ def copy_through(src_path: Path, out_path: Path, settings: EncoderSettings = Enc
     """Decode ``src_path`` and encode it unchanged (the identity 'restoration')."""
     with open_source(str(src_path)) as src:
         sink = VideoSink(str(out_path), src.info, src.info.width, src.info.height, settings,
-                         audio_from=src.path if audio else None)
+                         streams_from=src.path if audio else None)
         with sink:
             for frame in src:
                 if stop_after is not None and frame.index == stop_after:
@@ -232,7 +232,7 @@ def test_writes_under_a_temporary_name_then_renames(clip_factory, tmp_path):
     out = out_dir / "result.mp4"
     out.write_bytes(b"previous result")            # an older output stays intact until the end
     info, frames = _frames(clip.path)
-    with VideoSink(str(out), info, info.width, info.height, audio_from=str(clip.path)) as sink:
+    with VideoSink(str(out), info, info.width, info.height, streams_from=str(clip.path)) as sink:
         for frame in frames:
             sink.write(frame)
             names = sorted(os.listdir(out_dir))
@@ -255,7 +255,7 @@ def test_abort_leaves_nothing(clip_factory, tmp_path):
     clip = clip_factory(frames=6)
     out = tmp_path / "aborted.mp4"
     info, frames = _frames(clip.path)
-    sink = VideoSink(str(out), info, info.width, info.height, audio_from=str(clip.path))
+    sink = VideoSink(str(out), info, info.width, info.height, streams_from=str(clip.path))
     for frame in frames[:3]:
         sink.write(frame)
     assert sink.abort() is None
@@ -281,7 +281,7 @@ def test_abort_keep_partial_finalises_a_playable_file(clip_factory, decode, tmp_
     clip = clip_factory(frames=12)
     out = tmp_path / "partial.mp4"
     info, frames = _frames(clip.path)
-    sink = VideoSink(str(out), info, info.width, info.height, audio_from=str(clip.path))
+    sink = VideoSink(str(out), info, info.width, info.height, streams_from=str(clip.path))
     for frame in frames[:5]:
         sink.write(frame)
     assert sink.abort(keep_partial=True) == str(out)
@@ -322,7 +322,7 @@ def test_scaled_output_keeps_timing(clip_factory, decode, tmp_path):
     clip = clip_factory(frames=5, width=32, height=24)
     info, frames = _frames(clip.path)
     out = tmp_path / "x2.mp4"
-    with VideoSink(str(out), info, 64, 48, audio_from=str(clip.path)) as sink:
+    with VideoSink(str(out), info, 64, 48, streams_from=str(clip.path)) as sink:
         for f in frames:
             sink.write(Frame(f.index, f.pts, f.time_base, np.repeat(np.repeat(f.image, 2, 0), 2, 1)))
     a, b = decode(clip.path), decode(out)

@@ -1,16 +1,23 @@
-"""Audio for the output file: every audio stream of the input, copied packet for packet where
-the output container can hold its codec, re-encoded only where it cannot.
+"""Everything of the input besides its video, carried into the output file.
 
-Copying is the rule (no generation loss, identical packets). But a container choice should not
-silently cost the soundtrack: AAC cannot go into WebM, Opus and Vorbis cannot go into MOV, and
-so on. Such a stream is decoded and re-encoded to the container's own audio codec (Opus for
-WebM and Matroska, AAC elsewhere), at its sample rate and channel layout, with a one-line
-warning that says so. A stream FFmpeg cannot decode is dropped, with a warning.
+* **Audio**: every stream, copied packet for packet where the output container can hold its
+  codec, re-encoded only where it cannot. Copying is the rule (no generation loss, identical
+  packets), but a container choice should not silently cost the soundtrack: AAC cannot go into
+  WebM, Opus and Vorbis cannot go into MOV, and so on. Such a stream is decoded and re-encoded
+  to the container's own audio codec (Opus for WebM and Matroska, AAC elsewhere) at its sample
+  rate and channel layout, with a one-line warning. One FFmpeg cannot decode is dropped, with a
+  warning.
+* **Subtitles**: copied where the container takes them (SubRip/ASS into Matroska, mov_text into
+  MP4, ...), otherwise dropped with a warning naming a container that would keep them.
+* **Tags**: the container's (title, creation time, location, ...) and each stream's (language,
+  title) and dispositions (default, forced, ...), so a player still shows "English" / "Français"
+  and picks the same default track. Tags that describe the old encode (encoder, Matroska's
+  per-stream statistics, MP4 brands) are left for the muxer to write anew.
 
 Whether a muxer takes a codec is asked of FFmpeg itself (a header written to memory), not read
 from its codec list: MOV lists Opus, for one, and then refuses to write the header.
 
-Packets leave in time order, a little ahead of the video (:meth:`AudioTracks.mux_until`), so
+Packets leave in time order, a little ahead of the video (:meth:`Passthrough.mux_until`), so
 the muxer interleaves without buffering the whole soundtrack.
 """
 from __future__ import annotations
@@ -27,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # MPEG-TS cannot answer FFmpeg's "do you support this codec" query: the codecs it has stream
 # types for (others would be written as opaque data no player decodes).
-MPEGTS_CODECS = {"h264", "hevc", "mpeg2video", "mpeg4", "aac", "mp2", "mp3", "ac3", "eac3", "opus", "dts"}
+MPEGTS_CODECS = {"h264", "hevc", "mpeg2video", "mpeg4", "aac", "mp2", "mp3", "ac3", "eac3", "opus", "dts",
+                 "dvb_subtitle", "dvb_teletext"}
 
 # Audio encoder for streams that cannot be copied, per muxer, and its bit rate per channel.
 _REENCODE_TO = {"webm": "libopus", "matroska": "libopus", "nut": "libopus"}   # else "aac"
@@ -36,8 +44,9 @@ _BITS_PER_CHANNEL = {"libopus": 64_000, "aac": 96_000}
 
 def muxer_takes(format_name: str, stream: "av.stream.Stream") -> bool:
     """Whether FFmpeg's ``format_name`` muxer writes a header for a copy of ``stream``."""
+    codec = stream.codec_context.codec
     if format_name == "mpegts":
-        return stream.codec_context.codec.canonical_name in MPEGTS_CODECS
+        return codec is not None and codec.canonical_name in MPEGTS_CODECS
     probe = av.open(io.BytesIO(), "w", format=format_name)
     try:
         probe.add_stream_from_template(stream)
@@ -88,34 +97,71 @@ class _Reencode:
         return list(self.stream.encode(None))
 
 
-class AudioTracks:
-    """The audio streams of ``source`` into ``output``; see the module docstring."""
+# Tags the muxer writes anew, or that describe the input's encode rather than its content.
+_STALE_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "bps",
+               "number_of_frames", "number_of_bytes", "vendor_id"}
 
-    def __init__(self, source: str, output: "av.container.OutputContainer") -> None:
+
+def copy_tags(source, target) -> None:
+    """Copy a container's or stream's tags (``metadata``) minus the stale ones; and, for
+    streams, the disposition flags."""
+    for key, value in source.metadata.items():
+        lowered = key.lower()
+        if lowered not in _STALE_TAGS and not lowered.startswith("_statistics"):
+            target.metadata[key] = value
+    if hasattr(source, "disposition"):
+        target.disposition = source.disposition
+
+
+class Passthrough:
+    """Audio, subtitles and tags of the input file ``source`` into ``output``, whose video
+    stream is ``video``; see the module docstring."""
+
+    def __init__(self, source: str, output: "av.container.OutputContainer",
+                 video: Optional["av.stream.Stream"] = None) -> None:
         self._output = output
         self._input = av.open(source)
         self._copies: Dict[int, "av.stream.Stream"] = {}
         self._reencodes: Dict[int, _Reencode] = {}
         container = output.format.name
         kind = os.path.splitext(str(output.name))[1] or f".{container}"   # what the user typed
-        for stream in self._input.streams.audio:
-            name = stream.codec_context.name
-            if muxer_takes(container, stream):
-                self._copies[stream.index] = output.add_stream_from_template(stream)
+        copy_tags(self._input, output)
+        if video is not None and self._input.streams.video:
+            copy_tags(self._input.streams.video[0], video)
+        for stream in self._input.streams:
+            if stream.type == "audio":
+                self._add_audio(stream, container, kind)
+            elif stream.type == "subtitle":
+                if muxer_takes(container, stream):
+                    self._copies[stream.index] = output.add_stream_from_template(stream)
+                else:
+                    log.warning("%s subtitles cannot go into a %s file: subtitle stream %d dropped "
+                                "(choose .mkv to keep it)", stream.codec_context.name, kind, stream.index)
+                    continue
+            else:
                 continue
-            encoder = _REENCODE_TO.get(container, "aac")
-            if stream.codec_context.codec is None or not stream.codec_context.codec.is_decoder:
-                log.warning("%s audio cannot go into a %s file and cannot be decoded: audio stream %d "
-                            "dropped", name, kind, stream.index)
-                continue
-            reencode = _Reencode(stream, output, encoder)
-            self._reencodes[stream.index] = reencode
-            log.warning("%s audio cannot go into a %s file: audio stream %d re-encoded as %s "
-                        "(choose .mkv to copy it unchanged)", name, kind, stream.index, reencode.description)
-        kept = [self._input.streams[i] for i in (*self._copies, *self._reencodes)]
+            added = self._copies.get(stream.index) or self._reencodes.get(stream.index)
+            if added is not None:
+                copy_tags(stream, added if isinstance(added, av.stream.Stream) else added.stream)
+        kept = [self._input.streams[i] for i in sorted((*self._copies, *self._reencodes))]
         self._packets: Iterator["av.Packet"] = self._input.demux(*kept) if kept else iter(())
         self._pending: Optional["av.Packet"] = None
         self._finished = False
+
+    def _add_audio(self, stream: "av.stream.Stream", container: str, kind: str) -> None:
+        name = stream.codec_context.name
+        if muxer_takes(container, stream):
+            self._copies[stream.index] = self._output.add_stream_from_template(stream)
+            return
+        codec = stream.codec_context.codec
+        if codec is None or not codec.is_decoder:
+            log.warning("%s audio cannot go into a %s file and cannot be decoded: audio stream %d "
+                        "dropped", name, kind, stream.index)
+            return
+        reencode = _Reencode(stream, self._output, _REENCODE_TO.get(container, "aac"))
+        self._reencodes[stream.index] = reencode
+        log.warning("%s audio cannot go into a %s file: audio stream %d re-encoded as %s "
+                    "(choose .mkv to copy it unchanged)", name, kind, stream.index, reencode.description)
 
     @property
     def reencoded(self) -> List[int]:
@@ -128,7 +174,7 @@ class AudioTracks:
         return float(ts * packet.time_base) if ts is not None else float("-inf")
 
     def mux_until(self, seconds: float) -> None:
-        """Mux every audio packet that starts before ``seconds``."""
+        """Mux every packet that starts before ``seconds``."""
         while True:
             if self._pending is None:
                 self._pending = next(self._packets, None)

@@ -1,4 +1,5 @@
-"""streamer.audio: audio copied where the container takes it, re-encoded where it does not.
+"""streamer.passthrough: audio copied where the container takes it, re-encoded where it does
+not; subtitles copied or dropped with a warning; container and stream tags kept.
 
 Real encodes and muxes through PyAV; the sound is checked by decoding it back (a 440 Hz tone
 must still be a 440 Hz tone, in sync with the video)."""
@@ -13,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from streamer.audio import muxer_takes
+from streamer.passthrough import muxer_takes
 from streamer.sinks import EncoderSettings, VideoSink
 from streamer.sources import open_source
 
@@ -22,7 +23,7 @@ def copy_through(src: Path, out: Path, settings: EncoderSettings = EncoderSettin
                  keep_partial=False) -> VideoSink:
     with open_source(str(src)) as source:
         sink = VideoSink(str(out), source.info, source.info.width, source.info.height, settings,
-                         audio_from=source.path)
+                         streams_from=source.path)
         for frame in source:
             if stop_after is not None and frame.index == stop_after:
                 sink.abort(keep_partial=keep_partial)
@@ -167,3 +168,88 @@ def test_partial_output_keeps_reencoded_audio_up_to_the_last_frame(clip_factory,
     end = start + samples.shape[1] / rate
     assert 12 / 30 - 0.05 < end < 12 / 30 + 0.1        # cut where the video stops, not at 1 s
     assert dominant_hz(samples, rate) == pytest.approx(440, abs=10)
+
+
+def write_film(path: Path, frames: int = 12, fps: int = 25) -> list:
+    """A Matroska 'film': H.264 video, English (default) and French AAC tracks, German ASS
+    subtitles, a title and a stale encoder tag. Returns the subtitle packets (pts ms, payload)."""
+    subtitles = [(80, b"0,0,Default,,0,0,0,,Guten Tag"), (240, b"1,0,Default,,0,0,0,,Auf Wiedersehen")]
+    with av.open(str(path), "w") as out:
+        out.metadata.update({"title": "My film", "ENCODER": "some old muxer 1.0"})
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        tracks = []
+        for language in ("eng", "fra"):
+            aus = out.add_stream("aac", rate=48000)
+            aus.layout = "stereo"
+            aus.metadata["language"] = language
+            tracks.append(aus)
+        tracks[0].disposition = av.stream.Disposition.default
+        tracks[1].disposition = av.stream.Disposition(0)
+        subs = out.add_stream("ass")
+        subs.metadata.update({"language": "deu", "title": "Deutsch"})
+        subs.time_base = Fraction(1, 1000)
+        out.start_encoding()
+        for i in range(frames):
+            vf = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, fps)
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode(None))
+        total = 48000 * frames // fps
+        for aus, hz in zip(tracks, (440, 660)):
+            for start in range(0, total, 1024):
+                n = min(1024, total - start)
+                wave = (0.2 * np.sin(2 * np.pi * hz * np.arange(start, start + n) / 48000)).astype(np.float32)
+                af = av.AudioFrame.from_ndarray(np.stack([wave, wave]), format="fltp", layout="stereo")
+                af.sample_rate, af.pts, af.time_base = 48000, start, Fraction(1, 48000)
+                out.mux(aus.encode(af))
+            out.mux(aus.encode(None))
+        for pts, payload in subtitles:
+            packet = av.Packet(payload)
+            packet.pts = packet.dts = pts
+            packet.duration, packet.time_base, packet.stream = 120, Fraction(1, 1000), subs
+            out.mux(packet)
+    return subtitles
+
+
+def test_subtitles_tags_and_dispositions_are_kept(tmp_path, caplog):
+    # Before: subtitles were dropped without a word, and the title, the track languages and
+    # the default-track flags were lost (a bilingual file came out with two unnamed tracks).
+    src = tmp_path / "film.mkv"
+    subtitles = write_film(src)
+    out = tmp_path / "out.mkv"
+    with caplog.at_level(logging.WARNING, logger="streamer"):
+        copy_through(src, out)
+    assert "dropped" not in caplog.text and "re-encoded" not in caplog.text
+    with av.open(str(out)) as container:
+        assert container.metadata.get("title") == "My film"
+        assert "some old muxer" not in " ".join(container.metadata.values())
+        audio = container.streams.audio
+        assert [s.metadata.get("language") for s in audio] == ["eng", "fra"]
+        assert [bool(s.disposition & av.stream.Disposition.default) for s in audio] == [True, False]
+        [subs] = container.streams.subtitles
+        assert subs.codec_context.name in ("ass", "ssa")
+        assert (subs.metadata.get("language"), subs.metadata.get("title")) == ("deu", "Deutsch")
+    assert subtitle_packets(out) == subtitle_packets(src)
+    assert [text for _, text in subtitle_packets(out)] == [text for _, text in subtitles]
+
+
+def subtitle_packets(path: Path) -> list:
+    """(seconds after the first video frame, payload) of the first subtitle stream."""
+    start = video_span(path)[0]
+    with av.open(str(path)) as container:
+        return [(round(float(p.pts * p.time_base) - start, 3), bytes(p))
+                for p in container.demux(container.streams.subtitles[0]) if p.size]
+
+
+def test_subtitles_the_container_cannot_hold_are_dropped_with_a_warning(tmp_path, caplog):
+    src = tmp_path / "film.mkv"
+    write_film(src)
+    out = tmp_path / "out.mp4"
+    with caplog.at_level(logging.WARNING, logger="streamer"):
+        copy_through(src, out)
+    assert "subtitles cannot go into a .mp4 file: subtitle stream 3 dropped (choose .mkv" in caplog.text
+    with av.open(str(out)) as container:
+        assert not container.streams.subtitles
+        assert container.metadata.get("title") == "My film"
+        assert [s.metadata.get("language") for s in container.streams.audio] == ["eng", "fra"]
