@@ -113,6 +113,12 @@ def copy_tags(source, target) -> None:
         target.disposition = source.disposition
 
 
+def _codec_name(stream: "av.stream.Stream") -> str:
+    """The format's name ("ass"), not the decoder's ("ssa")."""
+    codec = stream.codec_context.codec
+    return codec.canonical_name if codec is not None else stream.codec_context.name
+
+
 class Passthrough:
     """Audio, subtitles and tags of the input file ``source`` into ``output``, whose video
     stream is ``video``; see the module docstring."""
@@ -136,7 +142,7 @@ class Passthrough:
                     self._copies[stream.index] = output.add_stream_from_template(stream)
                 else:
                     log.warning("%s subtitles cannot go into a %s file: subtitle stream %d dropped "
-                                "(choose .mkv to keep it)", stream.codec_context.name, kind, stream.index)
+                                "(choose .mkv to keep it)", _codec_name(stream), kind, stream.index)
                     continue
             else:
                 continue
@@ -149,7 +155,7 @@ class Passthrough:
         self._finished = False
 
     def _add_audio(self, stream: "av.stream.Stream", container: str, kind: str) -> None:
-        name = stream.codec_context.name
+        name = _codec_name(stream)
         if muxer_takes(container, stream):
             self._copies[stream.index] = self._output.add_stream_from_template(stream)
             return

@@ -248,7 +248,7 @@ def test_subtitles_the_container_cannot_hold_are_dropped_with_a_warning(tmp_path
     out = tmp_path / "out.mp4"
     with caplog.at_level(logging.WARNING, logger="streamer"):
         copy_through(src, out)
-    assert "subtitles cannot go into a .mp4 file: subtitle stream 3 dropped (choose .mkv" in caplog.text
+    assert "ass subtitles cannot go into a .mp4 file: subtitle stream 3 dropped (choose .mkv" in caplog.text
     with av.open(str(out)) as container:
         assert not container.streams.subtitles
         assert container.metadata.get("title") == "My film"
