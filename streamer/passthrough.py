@@ -84,12 +84,18 @@ class _Reencode:
         out_cc.bit_rate = _BITS_PER_CHANNEL.get(encoder, 96_000) * max(1, cc.channels)
         self.stream.time_base = Fraction(1, rate)
         self._source = source
+        self.damaged = 0
         self.description = f"{encoder} {out_cc.bit_rate // 1000} kb/s"
 
     def packets(self, packet: "av.Packet") -> List["av.Packet"]:
         """Encoded packets for one input packet (an empty packet flushes the decoder)."""
         out: List["av.Packet"] = []
-        for frame in self._source.codec_context.decode(packet if packet.size else None):
+        try:
+            frames = self._source.codec_context.decode(packet if packet.size else None)
+        except av.InvalidDataError:   # a damaged packet: a few ms of silence, not a failed run
+            self.damaged += 1
+            return out
+        for frame in frames:
             out.extend(self.stream.encode(frame))
         return out
 
@@ -203,9 +209,12 @@ class Passthrough:
         if self._finished:
             return
         self.mux_until(seconds)
-        for reencode in self._reencodes.values():
+        for index, reencode in self._reencodes.items():
             for encoded in reencode.flush():
                 self._output.mux(encoded)
+            if reencode.damaged:
+                log.warning("audio stream %d: %d damaged packet(s) could not be decoded and were skipped",
+                            index, reencode.damaged)
         self._finished = True
         self.close()
 

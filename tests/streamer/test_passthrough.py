@@ -253,3 +253,30 @@ def test_subtitles_the_container_cannot_hold_are_dropped_with_a_warning(tmp_path
         assert not container.streams.subtitles
         assert container.metadata.get("title") == "My film"
         assert [s.metadata.get("language") for s in container.streams.audio] == ["eng", "fra"]
+
+
+def test_a_damaged_audio_packet_does_not_fail_a_reencode(clip_factory, tmp_path, caplog):
+    clip = clip_factory(frames=15, width=64, height=48)
+    damaged = tmp_path / "damaged.mp4"
+    with av.open(str(clip.path)) as src, av.open(str(damaged), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        audio_seen = 0
+        for packet in src.demux():
+            if not packet.size:
+                continue
+            target = streams[packet.stream_index]
+            if packet.stream.type == "audio":
+                audio_seen += 1
+                if audio_seen == 5:   # same timing, garbage payload
+                    garbage = av.Packet(bytes(np.random.default_rng(0).integers(0, 256, packet.size, np.uint8)))
+                    garbage.pts, garbage.dts, garbage.duration = packet.pts, packet.dts, packet.duration
+                    garbage.time_base = packet.time_base
+                    packet = garbage
+            packet.stream = target
+            out.mux(packet)
+    out_path = tmp_path / "out.webm"   # AAC must be re-encoded here
+    with caplog.at_level(logging.WARNING, logger="streamer"):
+        copy_through(damaged, out_path)
+    assert "1 damaged packet(s) could not be decoded and were skipped" in caplog.text
+    [(_, samples, rate, _)] = decoded_audio(out_path)
+    assert dominant_hz(samples, rate) == pytest.approx(440, abs=5)
