@@ -113,14 +113,19 @@ def choose(exact_ms: Sequence[float], nystrom_ms: Sequence[float]) -> Decision:
 def decide(key: Hashable, run_exact: Callable[[], object], run_nystrom: Callable[[], object],
            device: torch.device) -> Decision:
     """The cached decision for ``key``, measured on first use (one measurement at a time)."""
-    found = _decisions.get(key)
+    return _cached(_decisions, key, lambda: measure(run_exact, run_nystrom, device))
+
+
+def _cached(store: dict, key: Hashable, compute: Callable[[], object]):
+    """``store[key]``, computed under the lock on first use: measurements never overlap (they
+    would time each other), and a value is measured once however many threads ask."""
+    found = store.get(key)
     if found is not None:
         return found
     with _lock:
-        found = _decisions.get(key)
+        found = store.get(key)
         if found is None:
-            found = measure(run_exact, run_nystrom, device)
-            _decisions[key] = found
+            found = store[key] = compute()
     return found
 
 
@@ -150,22 +155,17 @@ def _reference_runs(window: int, landmarks: int, iters: int, dtype: torch.dtype,
 
 def nystrom_floor(device: torch.device, dtype: torch.dtype, landmarks: int, iters: int) -> int:
     """Smallest N at which auto may consider Nyström (measured once per process and setting)."""
-    key = (str(device), dtype, landmarks, iters, _threads(device))
-    found = _floors.get(key)
-    if found is not None:
-        return found
-    with _lock:
-        found = _floors.get(key)
-        if found is None:
-            found = FLOOR_LADDER[-1] ** 2 + 1  # Nyström wins nowhere on the ladder: measure above it
-            for window in reversed(FLOOR_LADDER):
-                if 2 * landmarks >= window * window:
-                    break
-                if measure(*_reference_runs(window, landmarks, iters, dtype, device), device).choice != "nystrom":
-                    break
-                found = window * window
-            _floors[key] = found
-    return found
+    def ladder() -> int:
+        floor = FLOOR_LADDER[-1] ** 2 + 1  # Nyström wins nowhere on the ladder: measure above it
+        for window in reversed(FLOOR_LADDER):
+            if 2 * landmarks >= window * window:
+                break
+            if measure(*_reference_runs(window, landmarks, iters, dtype, device), device).choice != "nystrom":
+                break
+            floor = window * window
+        return floor
+
+    return _cached(_floors, (str(device), dtype, landmarks, iters, _threads(device)), ladder)
 
 
 def floor_decision(q: torch.Tensor, grid: Sequence[int], landmarks: int, iters: int) -> Optional[Decision]:
