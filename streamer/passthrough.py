@@ -175,11 +175,6 @@ class Passthrough:
         log.warning("%s audio cannot go into a %s file: audio stream %d re-encoded as %s "
                     "(choose .mkv to copy it unchanged)", name, kind, stream.index, reencode.description)
 
-    @property
-    def reencoded(self) -> List[int]:
-        """Input stream indices that are re-encoded rather than copied."""
-        return sorted(self._reencodes)
-
     @staticmethod
     def _seconds(packet: "av.Packet") -> float:
         ts = packet.dts if packet.dts is not None else packet.pts
