@@ -46,6 +46,7 @@ from pipelines.attention import (  # noqa: E402
     PooledBias, WindowAttentionBase, attention_plan, auto, exact_attention, nystrom_attention, patch_attention,
 )
 from pipelines.attention.exact import sdpa_attention  # noqa: E402
+from pipelines.attention.guard import dense_rows  # noqa: E402
 from pipelines.runtime import configure_allocator  # noqa: E402
 
 ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
@@ -86,12 +87,14 @@ def make_case(window: int, seed: int = 0) -> dict:
 
 def variants(case: dict) -> Dict[str, Callable[[], torch.Tensor]]:
     q, k, v, bias, pooled, grid = (case[x] for x in ("q", "k", "v", "bias", "pooled", "grid"))
+    rows = dense_rows(bias, q.shape[:-2])
     return {
         # The official code's formulation: materialised scores, softmax, product.
         "naive": lambda: torch.softmax(q @ k.transpose(-2, -1) + bias, dim=-1) @ v,
         "sdpa": lambda: sdpa_attention(q, k, v, bias),
         "exact": lambda: exact_attention(q, k, v, bias),
-        "nystrom": lambda: nystrom_attention(q, k, v, grid, LANDMARKS, ITERS, bias=pooled),
+        # With the exact fallback for breakdowns armed, as layers call it (see pipelines/attention/guard.py).
+        "nystrom": lambda: nystrom_attention(q, k, v, grid, LANDMARKS, ITERS, bias=pooled, exact_bias=rows),
         "nystrom_nobias": lambda: nystrom_attention(q, k, v, grid, LANDMARKS, ITERS),
     }
 

@@ -54,6 +54,7 @@ class WindowAttentionBase(nn.Module):
         self.nystrom_bias: bool = True
         self.last_decision: Optional[auto.Decision] = None
         self.last_window: Optional[tuple] = None
+        self.exact_fallbacks = 0  # window-heads recomputed exactly after a Nyström breakdown
         self.attention_cache = BiasCache()
         self._auto_memo: Dict[Hashable, auto.Decision] = {}
         self._new_bias_owner()
@@ -119,7 +120,9 @@ class WindowAttentionBase(nn.Module):
             return self._attend_with_grad(q, k, v, grid, mode, biases)
         if mode == "nystrom":
             terms = biases.pooled(landmark_grid(grid, self.landmarks)) if self.nystrom_bias else ()
-            return nystrom_attention(q, k, v, grid, self.landmarks, self.iters, bias=terms)
+            lead = tuple(q.shape[:-2])
+            return nystrom_attention(q, k, v, grid, self.landmarks, self.iters, bias=terms,
+                                     exact_bias=lambda items: self._exact_rows(biases, lead, items))
         return exact_with_bias(q, k, v, biases)
 
     def _attend_with_grad(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple, mode: str,
@@ -132,6 +135,12 @@ class WindowAttentionBase(nn.Module):
                 pooled = PooledBias.from_bias(dense, grid, self.landmarks)
             return nystrom_attention(q, k, v, grid, self.landmarks, self.iters, bias=pooled)
         return exact_attention(q, k, v, dense)
+
+    def _exact_rows(self, biases: LayerBiases, lead: tuple, items: Tensor) -> Optional[Tensor]:
+        """The true bias of window-heads whose Nyström output broke down (they are recomputed
+        exactly; counted in ``exact_fallbacks``)."""
+        self.exact_fallbacks += items.numel()
+        return biases.item_rows(lead, items)
 
     # -- biases -------------------------------------------------------------------------------
 

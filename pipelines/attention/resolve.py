@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .bias import RegionMask, RelativePositionBias, WindowBias, dense_mask_mixed, pooled_dense_mask
 from .exact import exact_attention
+from .guard import gather_rows
 from .landmarks import Grid, PooledBias
 from .store import STORE, BiasStore, nbytes_of
 
@@ -230,6 +231,34 @@ class LayerBiases:
                 self._own("pooled-mask", self.key, lgrid),
                 lambda: pooled_dense_mask(mask.to(self.device), self.grid, lgrid, self.dtype), self.owner))
         return tuple(t for t in terms if t is not None and (t.runs is None or t.runs))
+
+    # -- rows for a few window-heads (Nyström's exact fallback, see .guard) ----------------------------
+
+    def item_rows(self, lead: Tuple[int, ...], items: Tensor) -> Optional[Tensor]:
+        """``(S, N, N)`` bias of the window-heads ``items`` (indices into the flattened ``lead``
+        of ``(..., nW, heads, N, d)`` inputs), built for just those: no cache, no whole table."""
+        if self.opaque:
+            dense = self.opaque_dense()
+            return None if dense is None else gather_rows(dense, lead, items)
+        if self.desc is None:
+            return None
+        coords = torch.unravel_index(items, tuple(lead))
+        rows: Optional[Tensor] = None
+        pos, mask = self.desc.position, self.desc.mask
+        if isinstance(pos, RelativePositionBias):
+            heads = coords[-1].cpu()
+            rows = torch.empty(items.numel(), pos.tokens, pos.tokens, dtype=self.dtype, device=self.device)
+            for head in heads.unique().tolist():
+                at = (heads == head).nonzero().flatten().to(self.device)
+                rows.index_copy_(0, at, pos.dense(slice(head, head + 1), self.dtype, self.device).expand(at.numel(), -1, -1))
+        elif pos is not None:
+            rows = gather_rows(_convert(pos, self.device, self.dtype), lead[-1:], coords[-1])
+        if mask is not None:
+            windows = coords[-2]
+            part = (mask.dense_rows(windows, self.dtype, self.device) if isinstance(mask, RegionMask)
+                    else _convert(mask, self.device, self.dtype).index_select(0, windows.to(mask.device)))
+            rows = part if rows is None else rows.add_(part)
+        return rows
 
     def layout(self) -> Hashable:
         """What the kernels' cost depends on besides q's shape (for auto's decision key)."""

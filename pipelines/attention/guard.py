@@ -1,0 +1,87 @@
+"""Keep Nyström's numerical breakdowns out of the output: exact attention where it fails.
+
+Why: exact attention averages v, so every output value lies within ``max|v|`` of its window
+and head. The Nyström formula has no such guarantee: when a window's landmark matrix A is
+ill-conditioned (seen in a trained model: every score of a window between -52 and -22, so A
+spans 1e-23 to 1e-11 with condition number ~1e12), two pinv iterations leave a Z whose
+float32 products cancel, the normaliser s reaches zero or below, and the output becomes NaN
+or many times larger than anything in v: a patch of garbage pixels in a frame. A window-head
+whose Nyström output is not finite or exceeds ``GUARD × max|v|`` is therefore recomputed
+with exact attention (and its true bias). The test looks at the window-head alone, so a
+window's output still does not depend on the rest of the batch; it costs two reductions over
+inputs Nyström has already read, and on the bundled models' held-out photos it fires on no
+window-head except those that had broken down (a few windows of one sr4 layer; one of a
+deblur training run's layer, which returned NaN there).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .exact import exact_attention
+
+#: Nyström output beyond this multiple of the window-head's max |v| counts as broken down.
+GUARD = 1.5
+#: Largest bias piece built at once for the recomputed window-heads.
+CHUNK_BYTES = 64 << 20
+
+#: ``rows(items)`` -> the ``(S, N, N)`` additive bias of the flattened window-heads ``items``
+#: (indices into the inputs' leading dims, flattened), or None for no bias.
+BiasRows = Callable[[Tensor], Optional[Tensor]]
+
+
+def broken(out: Tensor, v: Tensor) -> Tensor:
+    """Which window-heads of ``(*lead, N, dv)`` Nyström output broke down (bool, flattened lead)."""
+    n, dv = v.shape[-2:]
+    out_low, out_high = torch.aminmax(out.reshape(-1, n * dv), dim=1)
+    v_low, v_high = torch.aminmax(v.reshape(-1, n * dv), dim=1)
+    bound = torch.maximum(v_high, -v_low).mul_(GUARD)
+    # NaN compares false, so "not within bounds" catches it along with ±inf and overshoots.
+    return ~((out_high <= bound) & (-out_low <= bound))
+
+
+def gather_rows(bias: Tensor, lead: Sequence[int], items: Tensor) -> Tensor:
+    """``(S, N, N)`` rows of a dense bias broadcastable to ``(*lead, N, N)`` for flattened items."""
+    full = bias.reshape((1,) * (len(lead) + 2 - bias.dim()) + tuple(bias.shape))
+    coords = torch.unravel_index(items.to(full.device), tuple(lead))
+    index = tuple(c if full.shape[i] != 1 else torch.zeros_like(c) for i, c in enumerate(coords))
+    return full[index]
+
+
+def dense_rows(bias: Optional[Tensor], lead: Sequence[int]) -> BiasRows:
+    """:data:`BiasRows` for a dense bias (or None)."""
+    return lambda items: None if bias is None else gather_rows(bias, lead, items)
+
+
+def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspects: Optional[Tensor] = None) -> int:
+    """Recompute, with exact attention, the window-heads of ``out`` where Nyström broke down.
+
+    ``suspects``: a cheap superset of them (bool per flattened window-head; None: all), whose
+    outputs alone are checked. ``out`` is written in place; returns how many window-heads were
+    recomputed. Costs a host sync on GPUs (one per call), which deciding anything costs there.
+    """
+    n, d = q.shape[-2:]
+    dv = v.shape[-1]
+    flat_q, flat_k, flat_v = q.reshape(-1, n, d), k.reshape(-1, n, d), v.reshape(-1, n, dv)
+    flat_out = out.view(-1, n, dv)
+    if suspects is None:
+        items = broken(flat_out, flat_v).nonzero().flatten()
+    else:
+        if not bool(suspects.any()):
+            return 0
+        candidates = suspects.nonzero().flatten()
+        items = candidates[broken(flat_out.index_select(0, candidates), flat_v.index_select(0, candidates))]
+    if items.numel() == 0:
+        return 0
+    step = max(1, CHUNK_BYTES // (n * n * 4))
+    for start in range(0, items.numel(), step):
+        chunk = items[start:start + step]
+        bias = rows(chunk)
+        if bias is not None:
+            bias = bias.to(device=q.device, dtype=q.dtype).unsqueeze(1)
+        fixed = exact_attention(flat_q.index_select(0, chunk).unsqueeze(1), flat_k.index_select(0, chunk).unsqueeze(1),
+                                flat_v.index_select(0, chunk).unsqueeze(1), bias)
+        flat_out.index_copy_(0, chunk, fixed.squeeze(1).to(out.dtype))
+    return int(items.numel())
