@@ -113,6 +113,7 @@ class Stats:
     latency_ms_p50: Optional[float] = None  # decode of a frame -> its restored frame encoded
     latency_ms_p95: Optional[float] = None
     worker_restarts: int = 0
+    attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -122,8 +123,10 @@ class Stats:
     def summary(self) -> str:
         lat = f", latency p50 {self.latency_ms_p50:.0f} ms p95 {self.latency_ms_p95:.0f} ms" \
             if self.latency_ms_p50 is not None else ""
+        fallbacks = (f", Nyström fell back to exact attention on {self.attention_fallbacks} window-heads"
+                     if self.attention_fallbacks else "")
         return (f"{self.frames_out}/{self.frames_in} frames in {self.seconds:.1f} s ({self.fps:.2f} fps{lat}), "
-                f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}")
+                f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
 
 
 # -- preparing -----------------------------------------------------------------------------
@@ -459,6 +462,7 @@ def _finish_stats(stats: Stats, shared: _Shared, worker, latencies: List[float],
     stats.peak_frames_held = shared.peak_held
     stats.workers_peak_rss_mb = getattr(worker, "peak_rss_bytes", 0) / 2**20
     stats.worker_restarts = worker.restarts
+    stats.attention_fallbacks = getattr(worker, "attention_fallbacks", 0)
     if latencies:
         ms = np.asarray(latencies) * 1000
         stats.latency_ms_p50 = float(np.percentile(ms, 50))

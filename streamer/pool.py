@@ -30,6 +30,7 @@ import torch
 import torch.multiprocessing as torch_mp
 from torch import nn
 
+from pipelines.attention.guard import fallback_count
 from pipelines.restorer import Restorer, check_sigma, describe_model
 from pipelines.runtime import configure_allocator
 
@@ -93,7 +94,7 @@ def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, ta
             continue
         _, index, slot, shape = message
         in_buf, out_buf = slots[slot]
-        started = time.perf_counter()
+        started, fallbacks = time.perf_counter(), fallback_count()
         try:
             frames = in_buf[: int(np.prod(shape))].view(shape)
             restored = restorer.restore_uint8(frames)
@@ -104,7 +105,8 @@ def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, ta
         except Exception as err:
             results.send(("error", index, _picklable(err), traceback.format_exc()))
             continue
-        results.send(("ok", index, tuple(restored.shape), time.perf_counter() - started))
+        results.send(("ok", index, tuple(restored.shape),
+                      (time.perf_counter() - started, fallback_count() - fallbacks)))
 
 
 def _picklable(err: BaseException) -> BaseException:
@@ -182,6 +184,7 @@ class CpuPool:
         self.scale = scale if scale is not None else info.scale
         self.restarts = 0
         self.busy_seconds = 0.0
+        self.attention_fallbacks = 0  # window-heads where Nyström broke down (pipelines.attention.guard)
         self.peak_rss_bytes = 0
         self._ctx = torch_mp.get_context("spawn")
         self._procs: List[_Process] = []
@@ -288,7 +291,9 @@ class CpuPool:
                     raise WorkItemError(items[index], payload, extra) from payload
                 elif kind == "ok":
                     finished[index] = self._collect(proc, index, payload)
-                    self.busy_seconds += extra
+                    seconds, fallbacks = extra
+                    self.busy_seconds += seconds
+                    self.attention_fallbacks += fallbacks
             while next_emit in finished:
                 emit(finished.pop(next_emit))
                 items.pop(next_emit)

@@ -29,6 +29,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from pipelines.attention.guard import fallback_count
 from pipelines.restorer import Restorer
 
 from .errors import ProcessingError
@@ -143,6 +144,7 @@ class DeviceWorker:
         self._free: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
         self.restarts = 0
         self.busy_seconds = 0.0
+        self.attention_fallbacks = 0  # window-heads where Nyström broke down (pipelines.attention.guard)
 
     @property
     def description(self) -> str:
@@ -181,7 +183,7 @@ class DeviceWorker:
             emit(self._finish(pending.popleft()))
 
     def _launch(self, item: WorkItem) -> _InFlight:
-        started = time.perf_counter()
+        started, fallbacks = time.perf_counter(), fallback_count()
         try:
             host = torch.from_numpy(item.data)
             staging = self._take(tuple(host.shape))
@@ -198,6 +200,7 @@ class DeviceWorker:
             raise WorkItemError(item, err) from err
         finally:
             self.busy_seconds += time.perf_counter() - started
+            self.attention_fallbacks += fallback_count() - fallbacks
 
     def _finish(self, flight: _InFlight) -> WorkResult:
         if flight.done is not None:

@@ -15,6 +15,8 @@ deblur training run's layer, which returned NaN there).
 """
 from __future__ import annotations
 
+import os
+import threading
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -22,8 +24,29 @@ from torch import Tensor
 
 from .exact import exact_attention
 
-#: Nyström output beyond this multiple of the window-head's max |v| counts as broken down.
-GUARD = 1.5
+
+def _guard_from_env() -> float:
+    raw = os.environ.get("NYSTRA_NYSTROM_GUARD", "1.5")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise ValueError(f"NYSTRA_NYSTROM_GUARD must be a number >= 0 (inf: never fall back), got {raw!r}")
+    return value
+
+
+#: Nyström output beyond this multiple of the window-head's max |v| counts as broken down
+#: (``NYSTRA_NYSTROM_GUARD``; ``inf`` turns the fallback off, 0 sends every window-head to it).
+GUARD = _guard_from_env()
+
+_count_lock = threading.Lock()
+_fallbacks = 0
+
+
+def fallback_count() -> int:
+    """Window-heads recomputed exactly in this process so far (all layers, all threads)."""
+    return _fallbacks
 #: Largest bias piece built at once for the recomputed window-heads.
 CHUNK_BYTES = 64 << 20
 
@@ -75,6 +98,9 @@ def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspect
         items = candidates[broken(flat_out.index_select(0, candidates), flat_v.index_select(0, candidates))]
     if items.numel() == 0:
         return 0
+    global _fallbacks
+    with _count_lock:
+        _fallbacks += int(items.numel())
     step = max(1, CHUNK_BYTES // (n * n * 4))
     for start in range(0, items.numel(), step):
         chunk = items[start:start + step]

@@ -283,3 +283,27 @@ def test_whole_frames_only_when_the_default_tile_would_cut_them_needlessly():
     assert whole_frames_if_they_fit(default, None, 640, 360).tile == 0          # 230k <= 262k px
     assert whole_frames_if_they_fit(default, None, 1280, 720).tile == 512       # too many pixels
     assert whole_frames_if_they_fit(default, 512, 640, 360).tile == 512         # the user's choice
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_nystrom_fallbacks_are_counted_and_give_exact_results(clip_factory, decode, tmp_path, monkeypatch, workers):
+    """NYSTRA_NYSTROM_GUARD=0 makes every Nystrom window-head count as broken down: the run then
+    computes exact attention throughout (in worker processes too) and reports how often."""
+    from pipelines.attention import guard
+
+    clip = clip_factory(frames=2, width=32, height=24, degradation="noise")
+    weights = save_tiny_swinir(tmp_path / "tiny.safetensors")
+    runs = {}
+    for name, attention, level in (("exact", "exact", "1.5"), ("nystrom", "nystrom", "1.5"),
+                                   ("fallback", "nystrom", "0")):
+        monkeypatch.setenv("NYSTRA_NYSTROM_GUARD", level)            # spawned workers read it
+        monkeypatch.setattr(guard, "GUARD", float(level))            # this process read it at import
+        out_path = tmp_path / f"{name}.mp4"
+        stats = streamer.run(clip.path, out_path, model=str(weights), attention=attention, workers=workers, crf=0)
+        runs[name] = (stats, np.stack(decode(out_path).images).astype(np.int16))
+    assert runs["exact"][0].attention_fallbacks == 0 and runs["nystrom"][0].attention_fallbacks == 0
+    # 2 frames x 2 blocks x 2 heads x the 8x8 windows of the frame padded to 32x24 (12)
+    assert runs["fallback"][0].attention_fallbacks == 2 * 2 * 2 * 12
+    assert "fell back to exact attention" in runs["fallback"][0].summary()
+    assert np.abs(runs["fallback"][1] - runs["exact"][1]).max() <= 1
+    assert np.abs(runs["nystrom"][1] - runs["exact"][1]).max() > 1, "Nystrom must differ, or the test proves nothing"
