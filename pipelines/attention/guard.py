@@ -78,6 +78,13 @@ def dense_rows(bias: Optional[Tensor], lead: Sequence[int]) -> BiasRows:
     return lambda items: None if bias is None else gather_rows(bias, lead, items)
 
 
+def _take(x: Tensor, coords: tuple) -> Tensor:
+    """``(S, N, d)``: the window-heads at ``coords`` (indices per leading dim) of ``(*lead, N, d)``,
+    gathered alone: q, k, v are usually strided views of a fused projection, which a
+    flattening reshape would copy whole."""
+    return x[coords]
+
+
 def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspects: Optional[Tensor] = None) -> int:
     """Recompute, with exact attention, the window-heads of ``out`` where Nyström broke down.
 
@@ -85,17 +92,17 @@ def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspect
     outputs alone are checked. ``out`` is written in place; returns how many window-heads were
     recomputed. Costs a host sync on GPUs (one per call), which deciding anything costs there.
     """
-    n, d = q.shape[-2:]
-    dv = v.shape[-1]
-    flat_q, flat_k, flat_v = q.reshape(-1, n, d), k.reshape(-1, n, d), v.reshape(-1, n, dv)
+    if suspects is not None and not bool(suspects.any()):
+        return 0
+    lead = tuple(q.shape[:-2])
+    n, dv = v.shape[-2:]
     flat_out = out.view(-1, n, dv)
     if suspects is None:
-        items = broken(flat_out, flat_v).nonzero().flatten()
+        candidates = torch.arange(flat_out.shape[0], device=out.device)
     else:
-        if not bool(suspects.any()):
-            return 0
         candidates = suspects.nonzero().flatten()
-        items = candidates[broken(flat_out.index_select(0, candidates), flat_v.index_select(0, candidates))]
+    coords = torch.unravel_index(candidates, lead)
+    items = candidates[broken(flat_out.index_select(0, candidates), _take(v, coords))]
     if items.numel() == 0:
         return 0
     global _fallbacks
@@ -107,7 +114,7 @@ def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspect
         bias = rows(chunk)
         if bias is not None:
             bias = bias.to(device=q.device, dtype=q.dtype).unsqueeze(1)
-        fixed = exact_attention(flat_q.index_select(0, chunk).unsqueeze(1), flat_k.index_select(0, chunk).unsqueeze(1),
-                                flat_v.index_select(0, chunk).unsqueeze(1), bias)
+        at = torch.unravel_index(chunk, lead)
+        fixed = exact_attention(_take(q, at).unsqueeze(1), _take(k, at).unsqueeze(1), _take(v, at).unsqueeze(1), bias)
         flat_out.index_copy_(0, chunk, fixed.squeeze(1).to(out.dtype))
     return int(items.numel())
