@@ -8,11 +8,15 @@ Memory (environment variables, read when this package is imported):
 * ``NYSTRA_BIAS_CHUNK_MB``: the largest bias piece built per call (default 256).
 * ``NYSTRA_WORKSPACE_MB``: per-thread scratch buffers of the Nyström kernel (default 512).
 
+Numerical safety: ``NYSTRA_NYSTROM_GUARD`` (default 1.5, see :mod:`.guard`);
+:func:`fallback_count` counts the window-heads recomputed exactly in this process.
+
 At runtime: :func:`set_bias_cache_budget`; :data:`STORE` holds the cached values.
 """
 from .auto import Decision, auto_decisions, reset_auto_decisions
 from .bias import RegionMask, RelativePositionBias, WindowBias
 from .exact import exact_attention
+from .guard import fallback_count
 from .landmarks import PooledBias, landmark_grid, pool_tokens, pooling_matrix
 from .module import MODES, WindowAttentionBase
 from .nystrom import EPS, TAU, iterative_pinv, kappa, nystrom_attention
@@ -23,6 +27,6 @@ from .workspace import clear_workspace
 __all__ = [
     "EPS", "MODES", "STORE", "TAU", "Decision", "PooledBias", "RegionMask", "RelativePositionBias",
     "WindowAttentionBase", "WindowBias", "attention_plan", "auto_decisions", "clear_workspace", "exact_attention",
-    "iterative_pinv", "kappa", "landmark_grid", "nystrom_attention", "patch_attention", "pool_tokens",
-    "pooling_matrix", "reset_auto_decisions", "set_bias_cache_budget", "unpatch",
+    "fallback_count", "iterative_pinv", "kappa", "landmark_grid", "nystrom_attention", "patch_attention",
+    "pool_tokens", "pooling_matrix", "reset_auto_decisions", "set_bias_cache_budget", "unpatch",
 ]

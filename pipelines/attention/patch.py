@@ -41,6 +41,8 @@ def attention_plan(model: nn.Module) -> List[dict]:
 
     ``ran`` is None for layers that have not run since they were patched; for ``auto``,
     ``reason`` says why (``measured`` with both timings in ms, ``landmarks >= N/2``, ...).
+    ``exact_fallbacks``: window-heads this layer has recomputed exactly after a Nyström
+    breakdown (see :mod:`.guard`), over its lifetime.
     """
     plan = []
     for name, module in model.named_modules():
@@ -58,5 +60,6 @@ def attention_plan(model: nn.Module) -> List[dict]:
             "reason": None if decision is None else decision.reason,
             "exact_ms": None if decision is None else decision.exact_ms,
             "nystrom_ms": None if decision is None else decision.nystrom_ms,
+            "exact_fallbacks": module.exact_fallbacks,  # window-heads Nyström broke down on, so far
         })
     return plan

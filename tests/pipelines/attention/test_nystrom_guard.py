@@ -9,8 +9,8 @@ from torch import nn
 
 from attention_reference import gather_bias, nystrom_reference, realistic_table, shift_regions, swin_relative_position_index
 from pipelines.attention import (
-    PooledBias, RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias, exact_attention, landmark_grid,
-    nystrom_attention, patch_attention,
+    PooledBias, RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias, attention_plan, exact_attention,
+    fallback_count, landmark_grid, nystrom_attention, patch_attention,
 )
 from pipelines.attention import guard
 from pipelines.attention.nystrom import _nystrom_fast
@@ -86,6 +86,10 @@ def test_broken_window_heads_get_exact_attention_and_the_rest_is_untouched():
         exact = exact_attention(q, k, v, bias)
     broken = guard.broken(raw, v).view(q.shape[:2])
     assert broken.sum() >= 5
+    before = fallback_count()
+    with torch.inference_mode():
+        nystrom_attention(q, k, v, GRID, 16, 2, bias=bias)
+    assert fallback_count() - before == broken.sum()
     torch.testing.assert_close(guarded[broken], exact[broken], rtol=1e-5, atol=1e-6)
     assert torch.equal(guarded[~broken], raw[~broken])
     assert not guard.broken(guarded, v).any()
@@ -137,6 +141,7 @@ def test_layer_falls_back_to_exact_with_its_true_bias(monkeypatch, bias_aware):
         fallback = layer(q, k, v)
     assert layer.exact_fallbacks == 8
     torch.testing.assert_close(fallback, exact, rtol=1e-5, atol=1e-6)
+    assert attention_plan(layer)[0]["exact_fallbacks"] == 8
 
 
 @pytest.mark.parametrize("form", ["factored", "dense position", "opaque"])
