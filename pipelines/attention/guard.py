@@ -8,10 +8,14 @@ float32 products cancel, the normaliser s reaches zero or below, and the output 
 or many times larger than anything in v: a patch of garbage pixels in a frame. A window-head
 whose Nyström output is not finite or exceeds ``GUARD × max|v|`` is therefore recomputed
 with exact attention (and its true bias). The test looks at the window-head alone, so a
-window's output still does not depend on the rest of the batch; it costs two reductions over
-inputs Nyström has already read, and on the bundled models' held-out photos it fires on no
-window-head except those that had broken down (a few windows of one sr4 layer; one of a
-deblur training run's layer, which returned NaN there).
+window's output still does not depend on the rest of the batch. It is cheap: the Nyström
+kernel bounds every output from quantities it forms anyway (``nystrom._suspects``), and only
+the few window-heads that bound cannot clear have their outputs checked here. On the bundled
+models' held-out photos it recomputes no window-head except those that had broken down (three
+of 64 in one sr4 layer on one photo, up to 22x max|v|).
+
+(Window-heads whose scores all lie far below zero, which float32 once turned into NaN here,
+are handled before this, by lifting their scores: see ``nystrom._lifts``.)
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ _fallbacks = 0
 def fallback_count() -> int:
     """Window-heads recomputed exactly in this process so far (all layers, all threads)."""
     return _fallbacks
+
+
 #: Largest bias piece built at once for the recomputed window-heads.
 CHUNK_BYTES = 64 << 20
 
@@ -78,13 +84,6 @@ def dense_rows(bias: Optional[Tensor], lead: Sequence[int]) -> BiasRows:
     return lambda items: None if bias is None else gather_rows(bias, lead, items)
 
 
-def _take(x: Tensor, coords: tuple) -> Tensor:
-    """``(S, N, d)``: the window-heads at ``coords`` (indices per leading dim) of ``(*lead, N, d)``,
-    gathered alone: q, k, v are usually strided views of a fused projection, which a
-    flattening reshape would copy whole."""
-    return x[coords]
-
-
 def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspects: Optional[Tensor] = None) -> int:
     """Recompute, with exact attention, the window-heads of ``out`` where Nyström broke down.
 
@@ -101,8 +100,10 @@ def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspect
         candidates = torch.arange(flat_out.shape[0], device=out.device)
     else:
         candidates = suspects.nonzero().flatten()
+    # Window-heads are gathered by their index per leading dim (v[coords]): q, k, v are usually
+    # strided views of a fused projection, which a flattening reshape would copy whole.
     coords = torch.unravel_index(candidates, lead)
-    items = candidates[broken(flat_out.index_select(0, candidates), _take(v, coords))]
+    items = candidates[broken(flat_out.index_select(0, candidates), v[coords])]
     if items.numel() == 0:
         return 0
     global _fallbacks
@@ -115,6 +116,6 @@ def repair(out: Tensor, q: Tensor, k: Tensor, v: Tensor, rows: BiasRows, suspect
         if bias is not None:
             bias = bias.to(device=q.device, dtype=q.dtype).unsqueeze(1)
         at = torch.unravel_index(chunk, lead)
-        fixed = exact_attention(_take(q, at).unsqueeze(1), _take(k, at).unsqueeze(1), _take(v, at).unsqueeze(1), bias)
+        fixed = exact_attention(q[at].unsqueeze(1), k[at].unsqueeze(1), v[at].unsqueeze(1), bias)
         flat_out.index_copy_(0, chunk, fixed.squeeze(1).to(out.dtype))
     return int(items.numel())

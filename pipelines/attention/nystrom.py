@@ -299,7 +299,7 @@ def nystrom_attention(
     inputs (and float64); the pseudo-inverse runs in float32 (float64 for float64 inputs).
 
     Outside autograd, window-heads where the approximation breaks down numerically (output not
-    finite, or beyond 1.5x the window-head's max |v|; see :mod:`.guard`) are recomputed with
+    finite, or beyond ``guard.GUARD`` (1.5) x the window-head's max |v|) are recomputed with
     exact attention and the true bias: the dense ``bias`` itself, or ``exact_bias(items)``
     giving the rows for pooled terms (without it, pooled terms leave such windows as they are).
     """

@@ -250,7 +250,8 @@ class LayerBiases:
             rows = torch.empty(items.numel(), pos.tokens, pos.tokens, dtype=self.dtype, device=self.device)
             for head in heads.unique().tolist():
                 at = (heads == head).nonzero().flatten().to(self.device)
-                rows.index_copy_(0, at, pos.dense(slice(head, head + 1), self.dtype, self.device).expand(at.numel(), -1, -1))
+                one = pos.dense(slice(head, head + 1), self.dtype, self.device)
+                rows.index_copy_(0, at, one.expand(at.numel(), -1, -1))
         elif pos is not None:
             rows = gather_rows(_convert(pos, self.device, self.dtype), lead[-1:], coords[-1])
         if mask is not None:

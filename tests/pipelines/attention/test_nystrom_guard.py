@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from attention_reference import gather_bias, nystrom_reference, realistic_table, shift_regions, swin_relative_position_index
+from attention_reference import (
+    gather_bias, nystrom_reference, realistic_table, shift_regions, swin_relative_position_index,
+)
 from pipelines.attention import (
     PooledBias, RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias, attention_plan, exact_attention,
     fallback_count, landmark_grid, nystrom_attention, patch_attention,
