@@ -23,7 +23,9 @@ Fields (``name``, ``task``, ``arch``, ``file``, ``description``, ``licence`` are
 - ``nystrom: {window, landmarks, iters}``: the recommended PnP-Nystra settings (``window`` is the
   window Nyström and auto run at: an int, ``[h, w]`` or ``[t, h, w]``; null = the trained one);
   ``exact`` always runs at ``trained_window``, the checkpoint's own (informational here);
-- ``default: true`` makes the preset the one ``--task`` picks (built-in presets only).
+- ``default: true`` makes the preset the one ``--task`` picks (built-in presets only);
+- ``prefilter``: a whole-frame step the checkpoint was trained behind and runs after
+  (``motion-wiener``: :mod:`pipelines.deconvolution`).
 
 Files are read with ``yaml.safe_load`` and validated; every problem is a :class:`PresetError`
 whose one-line message names the file and the preset.
@@ -38,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from .deconvolution import PREFILTERS
 from .download import is_sha256, models_dir, part_path
 from .errors import CheckpointError
 from .weights import WEIGHTS_DIR
@@ -64,7 +67,7 @@ Window = Union[int, Tuple[int, ...]]
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _REQUIRED = ("name", "task", "arch", "file", "description", "licence")
 _KNOWN = set(_REQUIRED) | {"url", "page", "bundled", "sha256", "non_commercial", "attention", "nystrom",
-                           "trained_window", "default"}
+                           "trained_window", "default", "prefilter"}
 _NYSTROM_KEYS = ("window", "landmarks", "iters")
 
 
@@ -102,6 +105,7 @@ class Preset:
     page: Optional[str] = None      # manual download: the page to get the file from
     trained_window: Optional[Window] = None
     default: bool = False           # what ``--task`` picks for this task
+    prefilter: Optional[str] = None  # whole-frame step before the model (pipelines.deconvolution)
     origin: str = ""                # the YAML file it was read from
 
     @property
@@ -236,13 +240,16 @@ def _preset_from_fields(fields: Dict[str, Any], builtin: bool, origin: str) -> P
         raise ValueError(f"nystrom must be a mapping of {', '.join(_NYSTROM_KEYS)}")
     landmarks = _integer(nystrom.get("landmarks", 16), "nystrom.landmarks", minimum=1)
     iters = _integer(nystrom.get("iters", 2), "nystrom.iters", minimum=0)
+    prefilter = fields.get("prefilter")
+    if prefilter is not None and prefilter not in PREFILTERS:
+        raise ValueError(f"unknown prefilter {prefilter!r} (choose from {', '.join(PREFILTERS)})")
     return Preset(
         name=text["name"], task=text["task"], arch=text["arch"], file=file, description=text["description"],
         attention=attention, landmarks=landmarks, iters=iters,
         window=_window(nystrom.get("window"), "nystrom.window"),
         url=url, sha256=sha256, licence=text["licence"], non_commercial=_flag(fields, "non_commercial"),
         page=page, trained_window=_window(fields.get("trained_window"), "trained_window"),
-        default=default, origin=origin)
+        default=default, prefilter=prefilter, origin=origin)
 
 
 def _string(fields: Dict[str, Any], key: str) -> str:

@@ -4,7 +4,8 @@ It owns everything between "uint8 pictures" and "the model's forward": the devic
 precision, conversion to float in [0, 1], padding to the model's size multiple (cropped back
 after), optional spatial tiling with overlap (blended with ramp weights, see
 :mod:`pipelines.tiling`), grey models applied channel by channel, clips for video models, and
-the noise-level channel of non-blind denoisers.
+the noise-level channel of non-blind denoisers, and the whole-frame prefilter a model was
+trained behind (``info.prefilter``, e.g. the bundled deblurrer's motion deconvolution).
 
 Per-frame models see ``(N, C, H, W)``; video models (``info.clip_len`` set) see one clip
 ``(1, T, C, H, W)``. A model with ``info.needs_sigma`` gets one more input channel filled with
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import tiling
+from .deconvolution import make_prefilter
 from .models.base import ModelInfo
 
 
@@ -65,6 +67,9 @@ class Restorer:
     pixels (for memory; the streaming pipeline tiles on its own, to spread tiles over
     workers, and uses ``tile=0`` here). ``sigma``: the noise level (0-255 scale) for models
     whose ``info.needs_sigma`` is set; required for them, refused for the others.
+    ``prefilter``: run the model's ``info.prefilter`` on each whole frame in :meth:`restore`
+    (:meth:`restore_uint8` and :meth:`restore_tensor` take frames or tiles already
+    prefiltered: the streaming pipeline prefilters whole frames before it tiles them).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class Restorer:
         tile_overlap: int = 32,
         info: Optional[ModelInfo] = None,
         sigma: Optional[float] = None,
+        prefilter: bool = True,
     ) -> None:
         if tile > 0 and not 0 <= tile_overlap < tile:
             raise ValueError(f"tile overlap ({tile_overlap}) must be >= 0 and smaller than the tile ({tile})")
@@ -89,6 +95,7 @@ class Restorer:
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
         self.tile = tile
         self.tile_overlap = tile_overlap
+        self.prefilter = make_prefilter(self.info.prefilter) if prefilter else None
 
     @property
     def scale(self) -> int:
@@ -109,7 +116,10 @@ class Restorer:
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 (T, H, W, 3) or (H, W, 3) images, got {images.dtype} {images.shape}")
         single = images.ndim == 3
-        batch = torch.from_numpy(np.ascontiguousarray(images[None] if single else images))
+        frames = images[None] if single else images
+        if self.prefilter is not None:
+            frames = np.stack([self.prefilter(frame) for frame in frames])
+        batch = torch.from_numpy(np.ascontiguousarray(frames))
         out = self.restore_uint8(batch.to(self.device)).cpu().numpy()
         return out[0] if single else out
 

@@ -287,7 +287,8 @@ def load_preset(
         raise CheckpointError(f"{preset.name}: the checkpoint {preset.path} is a {info.arch} model, "
                               f"the preset says {preset.arch}")
     task = _MODEL_TASKS.get(preset.task, preset.task)
-    if info is not None and info.task != task:
-        # e.g. Uformer's SIDD and GoPro checkpoints have the same layout; the preset knows which it is.
-        model.info = replace(info, task=task)
+    if info is not None and (info.task != task or info.prefilter != preset.prefilter):
+        # e.g. Uformer's SIDD and GoPro checkpoints have the same layout; the preset knows which
+        # it is, and what its checkpoint was trained behind.
+        model.info = replace(info, task=task, prefilter=preset.prefilter)
     return model

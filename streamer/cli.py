@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.deconvolution import PREFILTERS
     from pipelines.zoo import TASKS
 
     from .pipeline import ATTENTION_MODES, DEFAULT_WORKERS
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--window", type=int, metavar="W", help="run the model at this attention window size")
     g.add_argument("--sigma", type=float, metavar="S",
                    help="noise level on the 0-255 scale for --task video-denoise (required there), e.g. 25")
+    g.add_argument("--prefilter", choices=("none",) + PREFILTERS,
+                   help="whole-frame step before the model (default: the preset's; --task deblur finds a "
+                        "frame's motion blur and inverts it, motion-wiener); none turns it off")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--workers", type=int, metavar="N",
@@ -139,7 +143,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         threads_per_worker=args.threads_per_worker, tile=args.tile, tile_overlap=args.tile_overlap,
         clip_len=args.clip_len, clip_overlap=args.clip_overlap, fp16=args.fp16, codec=args.codec,
         crf=args.crf, preset=args.preset, compare=args.compare, keep_partial=args.keep_partial,
-        decoder=args.decoder,
+        decoder=args.decoder, prefilter=args.prefilter,
     )
 
 

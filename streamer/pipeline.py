@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from pipelines import zoo
+from pipelines.deconvolution import PREFILTERS, make_prefilter
 from pipelines.restorer import describe_model
 from pipelines.models.base import ModelInfo
 
@@ -80,6 +81,7 @@ class Options:
     clip_len: Optional[int] = None          # None: the model's (1 for per-frame models)
     clip_overlap: Optional[int] = None      # None: 0, or clip_len // 4 for video models
     sigma: Optional[float] = None           # noise level (0-255) for non-blind video denoisers
+    prefilter: Optional[str] = None         # None: the model's (info.prefilter); "none" or a name
     fp16: bool = False
     codec: Optional[str] = None             # None: libx264 (libvpx-vp9 for .webm)
     crf: Optional[int] = None
@@ -114,6 +116,8 @@ class Stats:
     latency_ms_p95: Optional[float] = None
     worker_restarts: int = 0
     attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
+    prefilter: Optional[str] = None         # whole-frame step before the model, if any
+    frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -125,6 +129,8 @@ class Stats:
             if self.latency_ms_p50 is not None else ""
         fallbacks = (f", Nyström fell back to exact attention on {self.attention_fallbacks} window-heads"
                      if self.attention_fallbacks else "")
+        if self.prefilter == "motion-wiener":
+            fallbacks += f", motion blur found and deconvolved in {self.frames_deconvolved} frames"
         return (f"{self.frames_out}/{self.frames_in} frames in {self.seconds:.1f} s ({self.fps:.2f} fps{lat}), "
                 f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
 
@@ -171,6 +177,8 @@ def check_options(opts: Options) -> None:
         raise UsageError("--fp16 needs --device cuda (half precision is slower than float32 on a CPU)")
     if device.type == "cuda" and (opts.workers or opts.threads_per_worker):
         raise UsageError("--workers and --threads-per-worker are for --device cpu (one GPU worker runs the model)")
+    if opts.prefilter is not None and opts.prefilter not in ("none",) + PREFILTERS:
+        raise UsageError(f"unknown prefilter {opts.prefilter!r} (choose from none, {', '.join(PREFILTERS)})")
     if isinstance(opts.model, nn.Module) and opts.window is not None:
         raise UsageError("window= applies to checkpoints and presets, not to a model object")
 
@@ -226,6 +234,16 @@ def check_model_fits(info: ModelInfo, opts: Options, name: str = "this model") -
                          "(0-255 scale, e.g. 25)")
     if opts.sigma is not None and not info.needs_sigma:
         raise UsageError(f"--sigma is for models that take a noise level (video-denoise); {name} does not")
+
+
+def choose_prefilter(info: ModelInfo, opts: Options) -> Optional[str]:
+    """The whole-frame step to run before the model: the one it was trained behind, unless
+    the user named another (``--prefilter``) or turned it off (``none``)."""
+    if opts.prefilter is None:
+        return info.prefilter
+    if opts.prefilter != "none" and info.clip_len is not None:
+        raise UsageError(f"--prefilter {opts.prefilter} is for per-frame models, not video models")
+    return None if opts.prefilter == "none" else opts.prefilter
 
 
 def make_worker(model: nn.Module, info: ModelInfo, opts: Options):
@@ -324,7 +342,10 @@ def run(input: str, output: str, **options) -> Stats:
         check_model_fits(info, opts, stats.model)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
         windows = whole_frames_if_they_fit(windows, opts.tile, source.info.width, source.info.height)
-        cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap, info.scale)
+        prefilter = make_prefilter(choose_prefilter(info, opts))
+        stats.prefilter = getattr(prefilter, "name", None)
+        cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap, info.scale,
+                        prefilter=prefilter)
         worker = make_worker(model, info, opts)
         stats.worker = worker.description
         streaming = True
@@ -413,7 +434,7 @@ def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stat
         deadline = time.monotonic() + 1.0
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        _finish_stats(stats, shared, worker, latencies, started, first_out, completed)
+        _finish_stats(stats, shared, worker, latencies, started, first_out, completed, cutter.prefilter)
         # Closing the container under a decode thread still inside FFmpeg could crash; such
         # a thread is a daemon and the caller is about to get an error anyway.
         if not (threads and threads[0].is_alive()):
@@ -445,8 +466,8 @@ def _side_by_side(original: Frame, restored: Frame) -> Frame:
     return Frame(index=restored.index, pts=restored.pts, time_base=restored.time_base, image=image)
 
 
-def _finish_stats(stats: Stats, shared: _Shared, worker, latencies: List[float],
-                  started: float, first_out: Optional[float], completed: bool) -> None:
+def _finish_stats(stats: Stats, shared: _Shared, worker, latencies: List[float], started: float,
+                  first_out: Optional[float], completed: bool, prefilter=None) -> None:
     ended = time.monotonic()
     stats.completed = completed
     stats.frames_in = shared.frames_in
@@ -463,6 +484,7 @@ def _finish_stats(stats: Stats, shared: _Shared, worker, latencies: List[float],
     stats.workers_peak_rss_mb = getattr(worker, "peak_rss_bytes", 0) / 2**20
     stats.worker_restarts = worker.restarts
     stats.attention_fallbacks = getattr(worker, "attention_fallbacks", 0)
+    stats.frames_deconvolved = getattr(prefilter, "deconvolved", 0)
     if latencies:
         ms = np.asarray(latencies) * 1000
         stats.latency_ms_p50 = float(np.percentile(ms, 50))

@@ -73,7 +73,7 @@ def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, ta
     _die_with_parent(parent)
     try:
         torch.set_num_threads(threads)
-        restorer = Restorer(model, device="cpu", sigma=sigma)
+        restorer = Restorer(model, device="cpu", sigma=sigma, prefilter=False)  # frames come prefiltered
     except BaseException as err:
         results.send(("fatal", None, _picklable(err), traceback.format_exc()))
         return

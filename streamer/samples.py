@@ -60,15 +60,19 @@ def camera_pan(frames: int, width: int, height: int, photo: str = "astronaut") -
     return out
 
 
-def degrade(frames: np.ndarray, kind: str, seed: int = 0, sigma: float = 25.0) -> np.ndarray:
-    """Apply ``noise`` (Gaussian, ``sigma`` on 0-255), ``blur`` (Gaussian, ``sigma`` px / 10)
-    or ``down2``/``down4`` (bicubic) to uint8 frames (T, H, W, 3)."""
+def degrade(frames: np.ndarray, kind: str, seed: int = 0, sigma: float = 25.0,
+            motion: tuple = (9.0, 30.0)) -> np.ndarray:
+    """Apply ``noise`` (Gaussian, ``sigma`` on 0-255), ``blur`` (Gaussian, ``sigma`` px / 10),
+    ``motion`` (a straight-line blur of ``motion`` = (length px, angle degrees), as a camera
+    moving during the exposure gives) or ``down2``/``down4`` (bicubic) to uint8 frames (T, H, W, 3)."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     gen = torch.Generator().manual_seed(seed)
     if kind == "noise":
         x = degradations.add_gaussian_noise(x, sigma, generator=gen)
     elif kind == "blur":
         x = degradations.gaussian_blur(x, sigma / 10)
+    elif kind == "motion":
+        x = degradations.motion_blur(x, *motion)
     elif kind in ("down2", "down4"):
         x = degradations.bicubic_resize(x, 1 / int(kind[-1]))
     else:

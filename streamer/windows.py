@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Deque, List, Optional, Tuple
+from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
@@ -179,13 +179,20 @@ class TileLayout:
 
 
 class Cutter:
-    """Frames in, indexed work items out (clips, then tiles of each clip)."""
+    """Frames in, indexed work items out (clips, then tiles of each clip).
+
+    ``prefilter``: a whole-frame step (uint8 image in, same shape out) applied before tiling,
+    e.g. the bundled deblurrer's motion deconvolution; the clip keeps the frames as decoded
+    (for ``--compare``), the work items carry the prefiltered pixels.
+    """
 
     def __init__(self, clip_len: int = 1, clip_overlap: int = 0, tile: int = 0,
-                 tile_overlap: int = 0, scale: int = 1) -> None:
+                 tile_overlap: int = 0, scale: int = 1,
+                 prefilter: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
         check_window_options(tile, tile_overlap, clip_len, clip_overlap)
         self.windower = ClipWindower(clip_len, clip_overlap)
         self.tile, self.tile_overlap, self.scale = tile, tile_overlap, scale
+        self.prefilter = prefilter
         self.layout: Optional[TileLayout] = None
         self._next_index = 0
         self._next_clip = 0
@@ -208,10 +215,13 @@ class Cutter:
         if clip is None:
             return []
         assert self.layout is not None
-        if len(clip.frames) == 1:
-            stack = clip.frames[0].image[None]  # a view: no copy for per-frame models
+        images = [f.image for f in clip.frames]
+        if self.prefilter is not None:
+            images = [self.prefilter(image) for image in images]
+        if len(images) == 1:
+            stack = images[0][None]  # a view: no copy for per-frame models
         else:
-            stack = np.stack([f.image for f in clip.frames])
+            stack = np.stack(images)
         clip_id = self._next_clip
         self._next_clip += 1
         items = []

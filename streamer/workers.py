@@ -138,7 +138,7 @@ class DeviceWorker:
                  threads: Optional[int] = None, sigma: Optional[float] = None) -> None:
         self.device = torch.device(device)
         self.threads = threads   # torch CPU threads (None: torch's default, all cores)
-        self.restorer = Restorer(model, device=self.device, fp16=fp16, sigma=sigma)
+        self.restorer = Restorer(model, device=self.device, fp16=fp16, sigma=sigma, prefilter=False)  # done by the Cutter
         self.cuda = self.device.type == "cuda"
         self.depth = max(1, depth)
         self._free: Dict[Tuple[int, ...], List[torch.Tensor]] = {}

@@ -26,6 +26,9 @@ class ModelInfo:
     size_multiple: int = 1    # spatial multiple the model pads to internally
     clip_len: Optional[int] = None  # frames per clip for video models; None for per-frame models
     needs_sigma: bool = False       # video denoising takes the noise level as an extra channel
+    # A whole-frame step the model was trained behind (pipelines.deconvolution.make_prefilter):
+    # the bundled deblurrer's "motion-wiener". Set by the preset, not the checkpoint.
+    prefilter: Optional[str] = None
 
 
 def check_keys(model: nn.Module, state_dict: Mapping[str, Tensor], arch: str) -> None:

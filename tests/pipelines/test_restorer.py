@@ -179,6 +179,28 @@ def test_restore_video_of_an_identity_is_exact():
     assert np.array_equal(Restorer(Identity()).restore_video(images), images)   # per-frame model
 
 
+def test_the_models_prefilter_runs_on_whole_frames_before_it():
+    """A model trained behind a prefilter (info.prefilter) gets prefiltered whole frames from
+    restore(); prefilter=False (the streamer's workers, which get tiles) leaves that out."""
+    from dataclasses import replace
+
+    from pipelines import degradations
+    from pipelines.deconvolution import MotionDeconvolution
+    from pipelines.weights.data import load_photo
+
+    photo = load_photo("astronaut")[:, 100:228, 60:316]
+    blurred = degradations.motion_blur(photo, 9.0, 30.0).clamp(0, 1).mul(255).round().byte()
+    images = np.stack([blurred.permute(1, 2, 0).numpy()] * 2)
+    model = Identity()
+    model.info = replace(model.info, prefilter="motion-wiener")
+    expected = np.stack([MotionDeconvolution()(image) for image in images])
+    assert not np.array_equal(expected, images)
+    assert np.array_equal(Restorer(model).restore(images), expected)
+    assert np.array_equal(Restorer(model).restore(images[0]), expected[0])
+    assert np.array_equal(Restorer(model, prefilter=False).restore(images), images)
+    assert Restorer(model, tile=64, tile_overlap=16).restore(images).shape == images.shape
+
+
 def test_grey_model_restores_each_colour_channel():
     model = Identity(in_channels=1)
     images = frames(2, 17, 19)

@@ -187,6 +187,17 @@ def test_a_preset_whose_file_is_another_architecture_is_refused(zoo_env, server)
         load_model(name)
 
 
+def test_the_bundled_deblurrer_runs_behind_its_prefilter():
+    """It was trained on what the motion-Wiener prefilter leaves; the preset says so, and the
+    loaded model carries it to whoever feeds it (Restorer, streamer)."""
+    prefilters = {p.task: p.prefilter for p in zoo.presets() if p.bundled}
+    assert prefilters == {"denoise": None, "deblur": "motion-wiener", "sr2": None, "sr4": None}
+    assert load_model("swinir-tiny-deblur").info.prefilter == "motion-wiener"
+    assert load_model("swinir-tiny-denoise").info.prefilter is None
+    # the file alone does not say it (a checkpoint is weights; the preset is how to run them)
+    assert load_model(zoo.checkpoint_path(zoo.get_preset("swinir-tiny-deblur"))).info.prefilter is None
+
+
 def test_resolve_paths_first_then_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert isinstance(zoo.resolve("swinir-tiny-sr2"), zoo.Preset)
@@ -244,6 +255,7 @@ BAD_FILES = {
     "window-bool": ("presets:\n  - " + GOOD + "    trained_window: true\n", "trained_window must be"),
     "nystrom-key": ("presets:\n  - " + GOOD + "    nystrom: {m: 16}\n", "nystrom must be a mapping of"),
     "attention": ("presets:\n  - " + GOOD + "    attention: fast\n", "unknown attention 'fast'"),
+    "prefilter": ("presets:\n  - " + GOOD + "    prefilter: sharpen\n", "unknown prefilter 'sharpen'"),
     "bundled-extra": ("presets:\n  - " + GOOD.replace("    url: https://example.org/{file}\n", "    bundled: true\n"),
                       "bundled: true is only for the built-in presets"),
     "default-extra": ("presets:\n  - " + GOOD + "    default: true\n", "default: true is only for the built-in"),

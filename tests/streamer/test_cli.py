@@ -143,6 +143,22 @@ def test_run_with_weights_writes_output_and_stats(clip_factory, decode, tmp_path
     assert "wrote" in capsys.readouterr().err
 
 
+def test_prefilter_flag_reaches_the_run_and_its_stats(clip_factory, tmp_path, capsys):
+    clip = clip_factory(name="in.mp4", frames=2, width=160, height=96, degradation="motion", audio=False)
+    weights = save_tiny_swinir(tmp_path / "tiny.safetensors", scale=1)
+    stats_path = tmp_path / "stats.json"
+    code = main([str(clip.path), str(tmp_path / "out.mp4"), "--weights", str(weights), "--workers", "0",
+                 "--prefilter", "motion-wiener", "--stats", str(stats_path)])
+    assert code == 0, capsys.readouterr().err
+    stats = json.loads(stats_path.read_text())
+    assert (stats["prefilter"], stats["frames_deconvolved"]) == ("motion-wiener", 2)
+    assert "motion blur found and deconvolved in 2 frames" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:   # argparse's own usage error
+        main([str(clip.path), str(tmp_path / "out2.mp4"), "--task", "deblur", "--prefilter", "sharpen"])
+    assert exit.value.code == 2
+    assert "invalid choice: 'sharpen'" in one_error_line(capsys.readouterr().err)
+
+
 def test_webm_output_picks_vp9_and_keeps_the_audio(clip_factory, tmp_path, capsys, caplog):
     # Before: the default libx264 could not go into .webm (exit 2) unless --codec was given,
     # and the AAC audio was dropped.

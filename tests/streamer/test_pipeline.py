@@ -307,3 +307,41 @@ def test_nystrom_fallbacks_are_counted_and_give_exact_results(clip_factory, deco
     assert "fell back to exact attention" in runs["fallback"][0].summary()
     assert np.abs(runs["fallback"][1] - runs["exact"][1]).max() <= 1
     assert np.abs(runs["nystrom"][1] - runs["exact"][1]).max() > 1, "Nystrom must differ, or the test proves nothing"
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_motion_prefilter_runs_on_whole_frames_before_the_model(clip_factory, decode, tmp_path, workers):
+    """--prefilter motion-wiener finds each frame's line blur and inverts it before the model
+    (here the identity), tiles or not; --compare still shows the frames as decoded."""
+    clip = clip_factory(frames=3, width=192, height=128, degradation="motion", audio=False, crf=0)
+    out_path = tmp_path / "out.mp4"
+    stats = streamer.run(clip.path, out_path, model=Identity(), workers=workers, tile=96, tile_overlap=16,
+                         prefilter="motion-wiener", crf=0)
+    assert (stats.prefilter, stats.frames_deconvolved) == ("motion-wiener", 3)
+    assert "deconvolved in 3 frames" in stats.summary()
+    src, out = decode(clip.path), decode(out_path)
+    for restored, blurred, clean in zip(out.images, src.images, clip.clean):
+        assert psnr(restored, clean) > psnr(blurred, clean) + 2
+
+    compare = tmp_path / "out2.mp4"
+    streamer.run(clip.path, compare, model=Identity(), workers=0, prefilter="motion-wiener", compare=True, crf=0)
+    side = decode(compare).images[0]
+    assert psnr(side[:, :192], src.images[0]) > 40 and psnr(side[:, 192:], out.images[0]) > 40
+
+
+def test_the_deblur_task_prefilters_unless_told_not_to(clip_factory, decode, tmp_path):
+    clip = clip_factory(frames=2, width=160, height=96, degradation="motion", audio=False)
+    stats = streamer.run(clip.path, tmp_path / "out.mp4", task="deblur", workers=0)
+    assert (stats.prefilter, stats.frames_deconvolved) == ("motion-wiener", 2)
+    stats = streamer.run(clip.path, tmp_path / "out2.mp4", task="deblur", workers=0, prefilter="none")
+    assert (stats.prefilter, stats.frames_deconvolved) == (None, 0)
+    stats = streamer.run(clip.path, tmp_path / "out3.mp4", model=Identity(), workers=0)
+    assert stats.prefilter is None   # a model without one gets none
+
+
+def test_bad_prefilter_options_are_usage_errors(noisy_clip, tmp_path):
+    with pytest.raises(UsageError, match="unknown prefilter 'sharpen'"):
+        streamer.run(noisy_clip.path, tmp_path / "out.mp4", model=Identity(), prefilter="sharpen")
+    with pytest.raises(UsageError, match="for per-frame models"):
+        streamer.run(noisy_clip.path, tmp_path / "out.mp4", model=TemporalMean(), prefilter="motion-wiener")
+    assert leftovers(tmp_path) == []
