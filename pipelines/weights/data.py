@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import degradations
+from ..deconvolution import MotionDeconvolution, estimate_motion_blur, wiener_deconvolve
 
 # Photos of ``skimage.data`` that load offline (they ship inside the wheel). Two are held
 # out for evaluation: ``astronaut`` (also the photo of the sample clips, so the demo shows
@@ -38,6 +39,11 @@ DEBLUR_NOISE_MAX = 2.0         # tiny noise (0-255 scale) so deblurring is not i
 EVAL_NOISE_SIGMA = 25.0
 EVAL_GAUSS_SIGMA = 2.5         # what the sample clips use ("blur", sigma=25 -> 2.5 px)
 EVAL_MOTION = (9.0, 30.0)      # length px, angle degrees
+# Deblurring behind the motion-Wiener prefilter (pipelines.deconvolution): the estimator
+# looks at a region around each crop (a whole frame at inference), the Wiener filter at the
+# crop and a margin around it.
+PREFILTER_REGION = 320         # px, at most (smaller photos: their shorter side)
+PREFILTER_MARGIN = 16          # px around a crop, deconvolved with it and then cut away
 VIDEO_SHARE = 0.75             # share of training inputs stored as yuv420p before the model sees them
 
 
@@ -90,6 +96,39 @@ def degrade_random(task: str, clean: Tensor, gen: torch.Generator) -> Tensor:
     if task in ("sr2", "sr4"):
         return quantize(degradations.bicubic_resize(clean, 1 / SCALES[task]))
     raise ValueError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+
+
+def degrade_prefiltered(region: Tensor, crop: int, gen: torch.Generator, video_share: float,
+                        prefilter: Optional[MotionDeconvolution] = None) -> Tuple[Tensor, Tensor]:
+    """A deblur training pair as the model sees it behind the motion-Wiener prefilter.
+
+    ``region`` (a clean area of a photo, up to 320 px a side) is blurred as in the plain recipe
+    (Gaussian or linear motion, noise, 8 bits, yuv420p for ``video_share`` of them); the
+    prefilter's own estimator then looks at the whole region, as it looks at a whole frame,
+    and where it finds a line blur the centre ``crop`` (plus a margin of ``PREFILTER_MARGIN`` px,
+    cut away afterwards so crop borders teach nothing) is Wiener-deconvolved with *its*
+    estimate. So the model learns from the estimator's real misses and errors. Returns
+    ``(input, target)`` centre crops.
+    """
+    prefilter = prefilter or MotionDeconvolution()
+    if float(torch.rand((), generator=gen)) < 0.5:
+        blurred = degradations.gaussian_blur(region, _uniform(gen, *GAUSS_BLUR_SIGMA))
+    else:
+        blurred = degradations.motion_blur(region, _uniform(gen, *MOTION_LENGTH), _uniform(gen, 0.0, 180.0))
+    noise = _uniform(gen, 0.0, DEBLUR_NOISE_MAX)
+    out = quantize(degradations.add_gaussian_noise(blurred, noise, generator=gen))
+    if float(torch.rand((), generator=gen)) < video_share:
+        out = as_decoded_video(out)
+    height, width = region.shape[-2:]
+    top, left = (height - crop) // 2, (width - crop) // 2
+    m = PREFILTER_MARGIN
+    estimate = estimate_motion_blur(out)
+    if estimate is not None and estimate.detected:
+        area = out[:, top - m:top + crop + m, left - m:left + crop + m]
+        out = quantize(wiener_deconvolve(area, estimate.kernel(), prefilter.nsr))[:, m:-m, m:-m]
+    else:
+        out = out[:, top:top + crop, left:left + crop]
+    return out, region[:, top:top + crop, left:left + crop]
 
 
 def as_decoded_video(degraded: Tensor) -> Tensor:
@@ -153,20 +192,29 @@ class CropSampler:
     min_std: float = 0.03      # re-draw crops flatter than this (up to ``tries`` times)
     tries: int = 5
     video_share: float = VIDEO_SHARE  # inputs passed through yuv420p (``as_decoded_video``)
+    prefilter: Optional[str] = None   # "motion-wiener": deblur inputs as behind that prefilter
 
     def __post_init__(self) -> None:
         self.scale = SCALES[self.task]
-        side = self.crop * self.scale
+        if self.prefilter not in (None, "motion-wiener") or (self.prefilter and self.task != "deblur"):
+            raise ValueError(f"prefilter {self.prefilter!r} does not apply to task {self.task}")
+        self.margin = PREFILTER_MARGIN if self.prefilter else 0
+        self._prefilter = MotionDeconvolution() if self.prefilter else None
+        side = self.crop * self.scale + 2 * self.margin
         self.images = [im for im in self.images if min(im.shape[-2:]) >= side]
         if not self.images:
             raise ValueError(f"no training image is at least {side} px on each side")
         # Big photos are sampled more often, but sub-linearly so none dominates.
         self.weights = torch.tensor([math.sqrt(im.shape[-2] * im.shape[-1]) for im in self.images])
 
-    def _clean_crop(self, gen: torch.Generator) -> Tensor:
+    def _clean_crop(self, gen: torch.Generator, region: int = 0) -> Tensor:
+        """A random clean crop; ``region`` > 0: a square of up to that side (the photo's shorter
+        side if smaller), for the prefilter's estimator to look at."""
         side = self.crop * self.scale
         for _ in range(self.tries):
             img = self.images[int(torch.multinomial(self.weights, 1, generator=gen))]
+            if region:
+                side = min(region, *img.shape[-2:])
             top = int(torch.randint(0, img.shape[-2] - side + 1, (), generator=gen))
             left = int(torch.randint(0, img.shape[-1] - side + 1, (), generator=gen))
             patch = img[:, top:top + side, left:left + side]
@@ -181,6 +229,10 @@ class CropSampler:
 
     def batch(self, size: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         """``(degraded, clean)``: ``(size, 3, crop, crop)`` and ``(size, 3, crop*s, crop*s)``."""
+        if self.prefilter:
+            pairs = [degrade_prefiltered(self._clean_crop(gen, PREFILTER_REGION), self.crop, gen, self.video_share,
+                                         self._prefilter) for _ in range(size)]
+            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
         clean = [self._clean_crop(gen) for _ in range(size)]
         degraded = [degrade_random(self.task, c, gen) for c in clean]
         if self.video_share > 0:  # (no draw at 0: the data stream of runs before the option stays)

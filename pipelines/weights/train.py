@@ -191,6 +191,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--video-share", type=float, default=VIDEO_SHARE,
                    help="share of inputs stored as yuv420p first, as decoded video frames are")
+    p.add_argument("--prefilter", choices=("motion-wiener",), default=None,
+                   help="deblur: train behind this prefilter (pipelines.deconvolution)")
     p.add_argument("--nystrom-consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the exact-vs-Nystrom attention gap in the loss (0: off)")
     p.add_argument("--consistency-landmarks", type=int, default=16)
@@ -252,12 +254,13 @@ def main(argv: Optional[list] = None) -> int:
 
     consistency = (NystromConsistency(model, args.consistency_landmarks, args.consistency_iters)
                    if args.nystrom_consistency > 0 else None)
-    sampler = CropSampler(args.task, [load_photo(n) for n in args.images], crop, video_share=args.video_share)
+    sampler = CropSampler(args.task, [load_photo(n) for n in args.images], crop, video_share=args.video_share,
+                          prefilter=args.prefilter)
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"task": args.task, "config": asdict(config), "params": params, "crop": crop,
                       "batch": batch, "images": args.images, "iters": args.iters, "lr": args.lr, "seed": args.seed,
                       "nystrom_consistency": args.nystrom_consistency, "init": None if args.init is None else str(args.init),
-                      "video_share": sampler.video_share, "threads": torch.get_num_threads()}), flush=True)
+                      "video_share": sampler.video_share, "prefilter": args.prefilter, "threads": torch.get_num_threads()}), flush=True)
 
     def save_state() -> None:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -297,7 +300,7 @@ def main(argv: Optional[list] = None) -> int:
             "minutes": round(spent / 60, 1), "trainer": "pipelines.weights.train",
             "recipe": json.dumps({"lr": args.lr, "batch": batch, "crop": crop, "warmup": args.warmup,
                                   "nystrom_consistency": args.nystrom_consistency,
-                                  "video_share": sampler.video_share,
+                                  "video_share": sampler.video_share, "prefilter": args.prefilter,
                                   "init": None if args.init is None else Path(args.init).name})}
     size = save_weights(model.eval(), out, meta)
     if stopped_early:
