@@ -95,7 +95,7 @@ class Restorer:
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
         self.tile = tile
         self.tile_overlap = tile_overlap
-        self.prefilter = make_prefilter(self.info.prefilter) if prefilter else None
+        self.prefilter = make_prefilter(self.info.prefilter, self.device) if prefilter else None
 
     @property
     def scale(self) -> int:

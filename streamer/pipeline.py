@@ -342,7 +342,7 @@ def run(input: str, output: str, **options) -> Stats:
         check_model_fits(info, opts, stats.model)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
         windows = whole_frames_if_they_fit(windows, opts.tile, source.info.width, source.info.height)
-        prefilter = make_prefilter(choose_prefilter(info, opts))
+        prefilter = make_prefilter(choose_prefilter(info, opts), device=opts.device)
         stats.prefilter = getattr(prefilter, "name", None)
         cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap, info.scale,
                         prefilter=prefilter)

@@ -100,3 +100,29 @@ def test_unknown_prefilter_is_refused():
     assert make_prefilter(None) is None
     with pytest.raises(ValueError, match="unknown prefilter"):
         make_prefilter("sharpen")
+
+
+def test_large_frames_look_at_a_bounded_number_of_blocks(photo):
+    """A 1080p-sized frame (photo mirrored, not resampled) is judged from at most 10 x 10 Welch
+    blocks spread over it, and the blur is still found."""
+    from pipelines import deconvolution
+
+    tile = torch.cat([photo, photo.flip(-1)] * 3, -1)                 # 320 x 1920
+    frame = torch.cat([tile, tile.flip(-2)] * 2, -2)[:, :1080]          # 1080 x 1920 (1280 -> cut)
+    blurred = quantize(degradations.motion_blur(frame, 9.0, 30.0))
+    seen = []
+    original = torch.fft.fft2
+    try:
+        deconvolution.torch.fft.fft2 = lambda x, *a, **k: (seen.append(tuple(x.shape)), original(x, *a, **k))[1]
+        est = estimate_motion_blur(blurred)
+    finally:
+        deconvolution.torch.fft.fft2 = original
+    assert seen[0] == (100, 128, 128)   # of 15 x 29
+    assert est.detected and abs(est.angle - 30) <= 3 and abs(est.length - 9) <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prefilter_on_cuda_matches_the_cpu(photo):
+    image = (quantize(degradations.motion_blur(photo, 9.0, 30.0)) * 255).round().byte().permute(1, 2, 0).numpy()
+    on_cpu, on_gpu = MotionDeconvolution(device="cpu")(image), MotionDeconvolution(device="cuda")(image)
+    assert np.abs(on_cpu.astype(int) - on_gpu.astype(int)).max() <= 1
