@@ -369,7 +369,11 @@ def test_frames_without_timestamps_get_them(tmp_path, decode):
 
 
 _SIGINT_CHILD = """
+import signal
 import sys
+# A shell that starts the suite in the background (cmd &, no job control) hands every child
+# SIGINT ignored; this child stands for an interactive run, where Ctrl-C raises.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fractions import Fraction
 import numpy as np
 from streamer.frames import Frame, VideoInfo
