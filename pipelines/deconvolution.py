@@ -44,6 +44,9 @@ ANGLE_STEP = 1.0           # degrees, over [0, 180): a line blur has no sign
 MIN_LENGTH = 3.0           # shorter blurs are left to the model
 MAX_BLOCKS_PER_AXIS = 10   # Welch blocks looked at per axis (evenly spread over larger frames)
 DETECT_SCORE = 8.0         # peak depth in robust standard deviations of its ring
+AGREE_SCORE = 6.0          # a shallower peak counts when the frame before found the same blur
+AGREE_ANGLE = 3.0          # ... within this many degrees
+AGREE_LENGTH = 1.0         # ... and pixels
 ACROSS_RATIO = 0.5         # a dip across the peak's direction this deep means resampling, not motion
 DEFAULT_NSR = 0.004        # Wiener noise-to-signal ratio the bundled deblurrer was trained with
 
@@ -61,8 +64,20 @@ class MotionEstimate:
 
     @property
     def detected(self) -> bool:
-        return (self.score >= DETECT_SCORE and self.length >= MIN_LENGTH
-                and self.across <= ACROSS_RATIO * self.score)
+        return self.score >= DETECT_SCORE and self._line_shaped
+
+    @property
+    def _line_shaped(self) -> bool:
+        return self.length >= MIN_LENGTH and self.across <= ACROSS_RATIO * self.score
+
+    def agrees_with(self, other: Optional["MotionEstimate"]) -> bool:
+        """Both peaks at least ``AGREE_SCORE`` deep, line-shaped, and the same blur: in video
+        the camera's blur persists from frame to frame, chance peaks do not (none of the
+        sharp, noisy or blurred test clips had two in a row; benchmarks/RESULTS.md)."""
+        return (other is not None and min(self.score, other.score) >= AGREE_SCORE
+                and self._line_shaped and other._line_shaped
+                and abs((self.angle - other.angle + 90) % 180 - 90) <= AGREE_ANGLE
+                and abs(self.length - other.length) <= AGREE_LENGTH)
 
     def kernel(self) -> Tensor:
         return motion_kernel(self.length, self.angle)
@@ -185,6 +200,10 @@ class MotionDeconvolution:
     estimated line blur out (or unchanged where none is detected). ``last`` holds the last
     frame's estimate; ``frames`` / ``deconvolved`` count what it did. ``device``: where the
     FFTs run (the model's device: at 1920x1080 the Wiener step costs ~0.4 s on two CPU cores).
+
+    Frames are taken as a sequence: a blur found with a shallower peak (compressed video
+    hides it) counts when the previous frame's estimate agrees (:meth:`MotionEstimate.agrees_with`);
+    :meth:`reset` forgets the previous frame (a new, unrelated picture).
     """
 
     name = "motion-wiener"
@@ -192,6 +211,7 @@ class MotionDeconvolution:
     def __init__(self, nsr: float = DEFAULT_NSR, device: Union[str, torch.device, None] = None) -> None:
         self.nsr = nsr
         self.device = torch.device(device or "cpu")
+        self._previous: Optional[MotionEstimate] = None
         self.last: Optional[MotionEstimate] = None
         self.frames = 0
         self.deconvolved = 0
@@ -209,9 +229,13 @@ class MotionDeconvolution:
     def apply(self, image: Tensor) -> Tuple[Optional[Tensor], Optional[MotionEstimate]]:
         """Float ``(C, H, W)`` in [0, 1] -> (deconvolved frame or None, estimate)."""
         estimate = estimate_motion_blur(image)
-        if estimate is None or not estimate.detected:
+        previous, self._previous = self._previous, estimate
+        if estimate is None or not (estimate.detected or estimate.agrees_with(previous)):
             return None, estimate
         return wiener_deconvolve(image, estimate.kernel(), self.nsr), estimate
+
+    def reset(self) -> None:
+        self._previous = None
 
 
 def make_prefilter(name: Optional[str], device: Union[str, torch.device, None] = None):

@@ -50,6 +50,7 @@ def held_out_psnr(model: Optional[nn.Module], task: str, photos: Dict[str, Tenso
         clean = clean[:, :h, :w]
         degraded = degrade_fixed(task, clean, settings)
         if prefilter is not None:  # as the streamer does: on the whole 8-bit frame, output rounded
+            prefilter.reset()      # (each photo on its own: no agreement with the one before)
             restored, _ = prefilter.apply(degraded)
             degraded = degraded if restored is None else quantize(restored)
         if model is None:

@@ -126,3 +126,29 @@ def test_prefilter_on_cuda_matches_the_cpu(photo):
     image = (quantize(degradations.motion_blur(photo, 9.0, 30.0)) * 255).round().byte().permute(1, 2, 0).numpy()
     on_cpu, on_gpu = MotionDeconvolution(device="cpu")(image), MotionDeconvolution(device="cuda")(image)
     assert np.abs(on_cpu.astype(int) - on_gpu.astype(int)).max() <= 1
+
+
+def test_a_shallow_peak_counts_only_when_the_frame_before_agrees(monkeypatch):
+    """Compression flattens the cepstral peak; a blur that persists from frame to frame is
+    still taken, a one-off shallow peak (or one that disagrees) is not."""
+    from pipelines import deconvolution
+    from pipelines.deconvolution import AGREE_SCORE, MotionEstimate
+
+    shallow = (DETECT_SCORE + AGREE_SCORE) / 2
+    sequence = iter([
+        MotionEstimate(9.0, 30.0, shallow),            # alone: no
+        MotionEstimate(9.25, 31.0, shallow),           # the same blur again: yes
+        MotionEstimate(9.0, 60.0, shallow),            # another direction: no
+        MotionEstimate(6.0, 60.0, shallow),            # another length: no
+        MotionEstimate(6.0, 60.0, AGREE_SCORE - 1),    # too shallow even though it agrees: no
+        MotionEstimate(6.0, 60.0, DETECT_SCORE + 1),   # deep enough alone: yes
+        MotionEstimate(6.0, 150.0, shallow, across=shallow),  # dips across too (resampled): no
+    ])
+    monkeypatch.setattr(deconvolution, "estimate_motion_blur", lambda image: next(sequence))
+    prefilter = MotionDeconvolution()
+    frame = np.zeros((64, 64, 3), np.uint8)
+    taken = [prefilter(frame) is not frame for _ in range(7)]
+    assert taken == [False, True, False, False, False, True, False]
+    prefilter.reset()
+    sequence = iter([MotionEstimate(9.0, 30.0, shallow)] * 2)
+    assert [prefilter(frame) is not frame for _ in range(2)] == [False, True]
