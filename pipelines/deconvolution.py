@@ -15,8 +15,10 @@ which sits up to a pixel away from ``L`` for these anti-aliased kernels.
 
 On the 19 scikit-image photos (sharp, Gaussian-blurred, noisy, bicubic down-and-up, all via
 yuv420p) no frame without a line blur was detected; line blurs of 8 px and more were found in
-all but the synthetic colour wheel, shorter ones (3.5-5 px) in about half (they are left to the
-model, which handles short blurs blind). Figures: benchmarks/RESULTS.md.
+17-18 of them (the misses: the synthetic colour wheel and low-texture clock / retina / moon),
+shorter ones (3.5-5 px) in 12-13 (left to the model, which handles short blurs blind). Video
+compression hides the blur (fewer frames found as the bit rate falls). Figures:
+benchmarks/RESULTS.md, made by benchmarks/motion_estimation.py.
 
 :class:`MotionDeconvolution` is the prefilter the bundled deblurrer runs on whole frames
 before its model (the model was trained on what this leaves, with this very estimator:
