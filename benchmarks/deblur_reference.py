@@ -22,23 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import degradations  # noqa: E402
+from pipelines.deconvolution import wiener_deconvolve  # noqa: E402
 from pipelines.weights.data import EVAL_IMAGES, degrade_fixed, eval_cases, load_photo, quantize  # noqa: E402
 
 NSR_GRID = [10 ** (e / 4) for e in range(-20, -1)]   # 1e-5 ... 0.3
-
-
-def wiener(blurred: torch.Tensor, kernel: torch.Tensor, nsr: float) -> torch.Tensor:
-    """Wiener deconvolution of a (C, H, W) image by a centred 2-D kernel."""
-    _, height, width = blurred.shape
-    ext = torch.cat([blurred, blurred.flip(-1)], -1)
-    ext = torch.cat([ext, ext.flip(-2)], -2)              # symmetric, hence periodic
-    kh, kw = kernel.shape
-    padded = torch.zeros(2 * height, 2 * width, dtype=blurred.dtype)
-    padded[:kh, :kw] = kernel
-    padded = torch.roll(padded, (-(kh // 2), -(kw // 2)), (0, 1))
-    response, spectrum = torch.fft.rfft2(padded), torch.fft.rfft2(ext)
-    restored = torch.fft.irfft2(spectrum * response.conj() / (response.abs() ** 2 + nsr), s=ext.shape[-2:])
-    return restored[:, :height, :width].clamp(0, 1)
 
 
 def main() -> None:
@@ -53,7 +40,8 @@ def main() -> None:
         per_photo = {}
         for name, clean in photos.items():
             blurred = degrade_fixed("deblur", clean, settings).double()
-            scores = [(degradations.psnr(quantize(wiener(blurred, kernel, nsr)), clean), nsr) for nsr in NSR_GRID]
+            scores = [(degradations.psnr(quantize(wiener_deconvolve(blurred, kernel, nsr)), clean), nsr)
+                      for nsr in NSR_GRID]
             best, nsr = max(scores)
             per_photo[name] = {"input": round(degradations.psnr(blurred, clean), 3), "wiener_oracle": round(best, 3),
                                "nsr": round(nsr, 6)}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import degradations
-from ..deconvolution import MotionDeconvolution, estimate_motion_blur, wiener_deconvolve
+from ..deconvolution import DEFAULT_NSR, estimate_motion_blur, wiener_deconvolve
 
 # Photos of ``skimage.data`` that load offline (they ship inside the wheel). Two are held
 # out for evaluation: ``astronaut`` (also the photo of the sample clips, so the demo shows
@@ -99,7 +99,7 @@ def degrade_random(task: str, clean: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def degrade_prefiltered(region: Tensor, crop: int, gen: torch.Generator, video_share: float,
-                        prefilter: Optional[MotionDeconvolution] = None) -> Tuple[Tensor, Tensor]:
+                        nsr: float = DEFAULT_NSR) -> Tuple[Tensor, Tensor]:
     """A deblur training pair as the model sees it behind the motion-Wiener prefilter.
 
     ``region`` (a clean area of a photo, up to 320 px a side) is blurred as in the plain recipe
@@ -110,7 +110,6 @@ def degrade_prefiltered(region: Tensor, crop: int, gen: torch.Generator, video_s
     estimate. So the model learns from the estimator's real misses and errors. Returns
     ``(input, target)`` centre crops.
     """
-    prefilter = prefilter or MotionDeconvolution()
     if float(torch.rand((), generator=gen)) < 0.5:
         blurred = degradations.gaussian_blur(region, _uniform(gen, *GAUSS_BLUR_SIGMA))
     else:
@@ -125,7 +124,7 @@ def degrade_prefiltered(region: Tensor, crop: int, gen: torch.Generator, video_s
     estimate = estimate_motion_blur(out)
     if estimate is not None and estimate.detected:
         area = out[:, top - m:top + crop + m, left - m:left + crop + m]
-        out = quantize(wiener_deconvolve(area, estimate.kernel(), prefilter.nsr))[:, m:-m, m:-m]
+        out = quantize(wiener_deconvolve(area, estimate.kernel(), nsr))[:, m:-m, m:-m]
     else:
         out = out[:, top:top + crop, left:left + crop]
     return out, region[:, top:top + crop, left:left + crop]
@@ -199,7 +198,6 @@ class CropSampler:
         if self.prefilter not in (None, "motion-wiener") or (self.prefilter and self.task != "deblur"):
             raise ValueError(f"prefilter {self.prefilter!r} does not apply to task {self.task}")
         self.margin = PREFILTER_MARGIN if self.prefilter else 0
-        self._prefilter = MotionDeconvolution() if self.prefilter else None
         side = self.crop * self.scale + 2 * self.margin
         self.images = [im for im in self.images if min(im.shape[-2:]) >= side]
         if not self.images:
@@ -230,8 +228,8 @@ class CropSampler:
     def batch(self, size: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         """``(degraded, clean)``: ``(size, 3, crop, crop)`` and ``(size, 3, crop*s, crop*s)``."""
         if self.prefilter:
-            pairs = [degrade_prefiltered(self._clean_crop(gen, PREFILTER_REGION), self.crop, gen, self.video_share,
-                                         self._prefilter) for _ in range(size)]
+            pairs = [degrade_prefiltered(self._clean_crop(gen, PREFILTER_REGION), self.crop, gen, self.video_share)
+                     for _ in range(size)]
             return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
         clean = [self._clean_crop(gen) for _ in range(size)]
         degraded = [degrade_random(self.task, c, gen) for c in clean]
