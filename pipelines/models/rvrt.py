@@ -35,14 +35,16 @@ Input ``(B, T, C, H, W)`` in [0, 1]; output ``(B, T, 3, s·H, s·W)``. Choices b
   (time extent kept unless given) and ``(1, h, w)`` for the per-frame feature extraction and
   reconstruction; bias tables are interpolated (bicubic per time offset), indices and shift masks
   rebuilt, shifts are half the window. Layers with the same window share one index tensor.
-* Not in the weights, official values assumed: ``attention_heads`` of the deformable attention
-  (= its ``deformable_groups``, 12 in every release), its 3x3 kernel, ``max_residue_magnitude``
-  10. ``clip_len`` (16) is only a suggestion to the streaming pipeline: any even length works.
+* Not in the weights, the official constructor's defaults assumed: ``attention_heads`` of the
+  deformable attention 12 (every release; where 12 does not divide the embed dim, its
+  ``deformable_groups``), its 3x3 kernel, ``max_residue_magnitude`` 10. ``from_state_dict`` (and
+  ``load_model``) take ``attention_heads=`` / ``max_residue_magnitude=`` for checkpoints trained
+  otherwise. ``clip_len`` (16) is only a suggestion to the streaming pipeline: any even length works.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -373,6 +375,9 @@ def _stage(sd: Mapping[str, Tensor], prefix: str) -> dict:
     }
 
 
+_DEFAULT_ATTENTION_HEADS = 12  # the official constructor's default, used by every release
+
+
 def infer_config(state_dict: Mapping[str, Tensor]) -> RVRTConfig:
     """Every hyper-parameter the weights determine (the rest: see the module docstring)."""
     sd = state_dict
@@ -410,16 +415,31 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> RVRTConfig:
             depths=(feat["depth"], prop["depth"], recon["depth"]),
             embed_dims=(e0, dim, recon["dim"]), num_heads=(feat["heads"], prop["heads"], recon["heads"]),
             mlp_ratio=prop["mlp_ratio"], qkv_bias=prop["qkv_bias"], inputconv_groups=tuple(groups),
-            deformable_groups=deformable_groups, attention_heads=deformable_groups,
+            deformable_groups=deformable_groups,
+            attention_heads=_DEFAULT_ATTENTION_HEADS if dim % _DEFAULT_ATTENTION_HEADS == 0 else deformable_groups,
             nonblind_denoising=nonblind)
     except ValueError as err:
         raise CheckpointError(f"RVRT checkpoint: {err}") from None
 
 
 
-def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[Union[int, Sequence[int]]] = None) -> RVRT:
-    """Build the model a state dict describes, load it strictly, optionally resize its windows."""
-    model = RVRT(infer_config(state_dict))
+def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[Union[int, Sequence[int]]] = None,
+                    attention_heads: Optional[int] = None,
+                    max_residue_magnitude: Optional[float] = None) -> RVRT:
+    """Build the model a state dict describes, load it strictly, optionally resize its windows.
+
+    ``attention_heads`` / ``max_residue_magnitude`` override the two settings of the deformable
+    alignment that no weight records (defaults: see the module docstring).
+    """
+    config = infer_config(state_dict)
+    if attention_heads is not None:
+        if attention_heads < 1 or config.embed_dims[1] % attention_heads:
+            raise CheckpointError(f"RVRT: attention_heads={attention_heads} does not divide the "
+                                  f"{config.embed_dims[1]} channels of the deformable attention")
+        config = replace(config, attention_heads=int(attention_heads))
+    if max_residue_magnitude is not None:
+        config = replace(config, max_residue_magnitude=float(max_residue_magnitude))
+    model = RVRT(config)
     check_keys(model, state_dict, "RVRT")
     model.load_state_dict(state_dict, strict=True)
     if window is not None:

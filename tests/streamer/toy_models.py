@@ -237,7 +237,7 @@ def psnr(a, b) -> float:
 # random weights: 12 channels, one block per stage. Frames of any size >= 8 px work (SpyNet
 # pads to 64 px internally); the cost is mostly SpyNet's, about a second per 12-frame clip.
 TINY_RVRT = dict(embed_dims=(12, 12, 12), num_heads=(2, 2, 2), depths=(1, 1, 1), num_blocks=(1, 1, 1),
-                 deformable_groups=4, attention_heads=4, mlp_ratio=1.0, inputconv_groups=(1, 1, 1, 1, 1, 1))
+                 deformable_groups=4, attention_heads=12, mlp_ratio=1.0, inputconv_groups=(1, 1, 1, 1, 1, 1))
 RVRT_TASKS = {"vsr": dict(upscale=4), "video-deblur": dict(upscale=1),
               "video-denoise": dict(upscale=1, nonblind_denoising=True)}
 

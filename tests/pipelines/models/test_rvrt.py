@@ -24,11 +24,12 @@ RSTB = FIXTURES / "rvrt_rstb_feat_extract.pt"
 needs_fixtures = pytest.mark.skipif(not FULL.exists(), reason="reference fixtures not available")
 
 # Tiny models: shifted windows (16 px features > window 8), two RSTBs per branch, groups that
-# do not line up with heads, grouped input convolutions.
+# do not line up with heads, grouped input convolutions. The deformable attention's heads are in
+# no weight: TINY_SR keeps the official default (12), the others are loaded with an override.
 TINY_SR = RVRTConfig(embed_dims=(12, 12, 16), num_heads=(2, 3, 2), depths=(2, 2, 1), num_blocks=(1, 2, 1),
-                     deformable_groups=4, attention_heads=4, inputconv_groups=(1, 2, 3, 2, 4, 2))
-TINY_DEBLUR = replace(TINY_SR, upscale=1, embed_dims=(12, 12, 12), window_size=(2, 4, 4))
-TINY_DENOISE = replace(TINY_DEBLUR, nonblind_denoising=True, mlp_ratio=1.5, qkv_bias=False)
+                     deformable_groups=4, attention_heads=12, inputconv_groups=(1, 2, 3, 2, 4, 2))
+TINY_DEBLUR = replace(TINY_SR, upscale=1, embed_dims=(12, 12, 12), window_size=(2, 4, 4), attention_heads=4)
+TINY_DENOISE = replace(TINY_DEBLUR, nonblind_denoising=True, mlp_ratio=1.5, qkv_bias=False, attention_heads=6)
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -151,12 +152,28 @@ def test_infers_every_released_configuration(kind):
 def test_random_small_configs_round_trip_through_load_model(tmp_path, config):
     model = randomised(RVRT(config), seed=3)
     path = save(tmp_path, model)
-    loaded = load_model(path)
+    heads = {} if config.attention_heads == 12 else {"attention_heads": config.attention_heads}
+    loaded = load_model(path, **heads)
     assert isinstance(loaded, RVRT)
     assert loaded.config == config
     size = (16, 16) if config.upscale == 4 else (32, 48)
     x = clip(2, size, channels=4 if config.nonblind_denoising else 3)
     assert torch.equal(run(loaded, x), run(model, x))
+
+
+def test_deformable_heads_default_to_the_official_constructor(tmp_path):
+    """No weight records attention_heads: the official default (12) applies, not the group count
+    (an official RVRT(deformable_groups=6) still runs 12 heads); 12 must divide the channels."""
+    sd = RVRT(replace(TINY_SR, deformable_groups=6)).state_dict()
+    assert rvrt.infer_config(sd).attention_heads == 12
+    odd = RVRT(replace(TINY_SR, embed_dims=(16, 16, 16), deformable_groups=8, attention_heads=8,
+                       inputconv_groups=(1, 1, 1, 1, 1, 1)))
+    assert rvrt.infer_config(odd.state_dict()).attention_heads == 8  # 12 does not divide 16
+    path = save(tmp_path, randomised(RVRT(TINY_SR), seed=5))
+    assert load_model(path, attention_heads=6).deform_align["forward_1"].heads == 6
+    assert load_model(path, max_residue_magnitude=3).config.max_residue_magnitude == 3.0
+    with pytest.raises(CheckpointError, match="attention_heads=5 does not divide"):
+        load_model(path, attention_heads=5)
 
 
 def test_window_inference_tells_permuted_windows_apart():
