@@ -120,8 +120,9 @@ def _mirror_index(size: int, total: int, device: torch.device) -> Tensor:
 
 
 def _buffer(role: str, shape: Tuple[int, ...], like: Tensor) -> Optional[Tensor]:
-    """A reused buffer for a temporary that dies inside the block; None while autograd records."""
-    if torch.is_grad_enabled():
+    """A reused buffer for a temporary that dies inside the block; None while autograd records
+    or autocast runs (its products come out in the autocast dtype, not the input's)."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled(like.device.type):
         return None
     return scratch("swinir." + role, shape, like.dtype, like.device)
 

@@ -418,6 +418,23 @@ def test_trains_after_inference_mode_built_the_geometry():
     assert model.conv_first.weight.grad is not None
 
 
+@pytest.mark.parametrize("attention", ["exact", "nystrom"])
+def test_runs_under_cpu_bfloat16_autocast(attention):
+    # The reused inference buffers are float32; under autocast the linears' inputs are bfloat16,
+    # and writing those products into the float32 buffers raised a dtype error.
+    from pipelines.attention import patch_attention
+
+    torch.manual_seed(0)
+    model = patch_attention(SwinIR(TINY).eval(), attention)
+    x = torch.rand(1, 3, 24, 24)
+    with torch.inference_mode():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.bfloat16  # the products did run in bfloat16
+    assert (out.float() - reference).abs().max() < 0.05
+
+
 def _position_indices(model):
     return [m.relative_position_index for m in model.modules() if isinstance(m, swinir.WindowAttention)]
 
