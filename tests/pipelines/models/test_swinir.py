@@ -435,6 +435,67 @@ def test_runs_under_cpu_bfloat16_autocast(attention):
     assert (out.float() - reference).abs().max() < 0.05
 
 
+WIDE = SwinIRConfig(img_size=16, embed_dim=60, depths=(2,), num_heads=(6,), window_size=8, mlp_ratio=2,
+                    upscale=1, upsampler="")
+
+
+def _attend_inputs(model, x, monkeypatch):
+    """The q of every attention call of one inference forward."""
+    seen = []
+    original = swinir.WindowAttention.attend
+
+    def spy(self, q, k, v, grid, make_bias=None, bias_key=None):
+        seen.append(q)
+        return original(self, q, k, v, grid, make_bias, bias_key)
+
+    monkeypatch.setattr(swinir.WindowAttention, "attend", spy)
+    with torch.inference_mode():
+        out = model(x)
+    monkeypatch.undo()
+    return out, seen
+
+
+@pytest.mark.parametrize("attention", ["nystrom", "exact"])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_head_major_qkv_layout_gives_the_same_output(attention, qkv_bias, monkeypatch):
+    from dataclasses import replace as config_replace
+
+    from pipelines.attention import patch_attention
+
+    torch.manual_seed(0)
+    model = patch_attention(SwinIR(config_replace(WIDE, qkv_bias=qkv_bias)).eval(), attention)
+    x = torch.rand(2, 3, 24, 40)  # shifted windows, 2 x 3 x 5 windows
+    outs = {}
+    for layout in ("tokens", "heads"):
+        for layer in model.modules():
+            if isinstance(layer, swinir.WindowAttention):
+                layer.qkv_layout = layout
+        outs[layout], seen = _attend_inputs(model, x, monkeypatch)
+        n, d = 64, 10
+        folds = [q.view(-1, n, d) if layout == "heads" else None for q in seen]  # heads: no copy
+        assert all(q.shape == (2, 15, 6, n, d) for q in seen) and len(folds) == 2
+    torch.testing.assert_close(outs["heads"], outs["tokens"], atol=2e-6, rtol=1e-5)
+
+
+def test_qkv_layout_auto_is_head_major_for_wide_nystrom_layers_only(monkeypatch):
+    from pipelines.attention import patch_attention
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 24, 24)
+    for config, mode, head_major in [(WIDE, "nystrom", True), (WIDE, "exact", False), (TINY, "nystrom", False)]:
+        model = patch_attention(SwinIR(config).eval(), mode)
+        _, seen = _attend_inputs(model, x, monkeypatch)
+        for q in seen:
+            assert (q.stride(-1) != 1) == head_major, (config.embed_dim, mode)  # head-major: d runs along N
+            if head_major:
+                q.view(-1, *q.shape[-2:])  # windows and heads fold without a copy
+    model = SwinIR(WIDE).eval()
+    x.requires_grad_(True)
+    patch_attention(model, "nystrom")
+    model(x).sum().backward()  # training keeps the plain token-major product (autograd records)
+    assert x.grad is not None
+
+
 def _position_indices(model):
     return [m.relative_position_index for m in model.modules() if isinstance(m, swinir.WindowAttention)]
 
