@@ -12,6 +12,11 @@ shared machine):
 * ``floor``: attention replaced by identity (``attend`` returns v) — no attention method can
   beat it, since everything else is the same model.
 
+``--bf16`` adds ``nystrom_bf16`` and ``floor_bf16``: the same forms under CPU bfloat16 autocast
+(linears, convolutions and attention products in bfloat16, LayerNorm and softmax in float32), a
+different precision from the float32 baseline: reported beside the goals, never counted in them,
+with their output PSNR against float32 exact mode.
+
 Derived: speed-ups, and the share of attention cost that Nyström leaves,
 ``(T_nystrom - T_floor) / (T_official - T_floor)`` (and the same against our exact mode).
 
@@ -26,10 +31,12 @@ steadier measure on a shared machine (run with ``--threads 1`` to compare by CPU
 
     .venv/bin/python benchmarks/swinir.py --quick     # 128x128, windows 8 and 32, one rep
     .venv/bin/python benchmarks/swinir.py             # 128 and 256, windows 8/32/64, 2 reps
+    .venv/bin/python benchmarks/swinir.py --sizes 128 --windows 32 64 --bf16
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -50,6 +57,7 @@ from pipelines.runtime import configure_allocator  # noqa: E402
 ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
 
 FORMS = ("official", "exact", "nystrom", "floor")
+BF16_FORMS = ("nystrom_bf16", "floor_bf16")
 SWINIR_M_DENOISE = SwinIRConfig(img_size=128, in_chans=3, embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6,
                                 window_size=8, mlp_ratio=2, upscale=1, img_range=1.0, upsampler="")
 
@@ -104,6 +112,10 @@ def set_form(model: SwinIR, form: str, chunk_bytes: int) -> None:
     for module in model.modules():
         if isinstance(module, swinir.WindowAttention):
             module.__dict__.pop("attend", None)  # back to the class's attend
+            # The same q, k, v layout as Nyström's for the official form and the floor, so that
+            # the forms differ by their attention alone (it is also the faster one for both);
+            # exact mode keeps the token-major layout SDPA prefers.
+            module.qkv_layout = "tokens" if form == "exact" else "heads"
             if form == "official":
                 module.attend = official_attend(module, chunk_bytes)
             elif form == "floor":
@@ -141,11 +153,20 @@ def matmul_gflop(model: SwinIR, size: int, window: int) -> float:
     return flop / 1e9
 
 
-def timed(model: SwinIR, x: torch.Tensor):
+def precision(form: str):
+    """The autocast context a form runs under (bfloat16 for the ``*_bf16`` forms)."""
+    if form.endswith("_bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def timed(model: SwinIR, x: torch.Tensor, form: str):
     """(wall seconds, process CPU seconds, output); CPU time is steadier on a busy machine."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = model(x)
-    return time.perf_counter() - wall, time.process_time() - cpu, out
+    with precision(form):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = model(x)
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+    return seconds, cpu_seconds, out.float()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,17 +177,19 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dict:
     model = swinir.from_state_dict(state_dict, window=window).eval()
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
-    times: Dict[str, List[float]] = {f: [] for f in FORMS}
-    cpu_times: Dict[str, List[float]] = {f: [] for f in FORMS}
+    forms = FORMS + (BF16_FORMS if args.bf16 else ())
+    times: Dict[str, List[float]] = {f: [] for f in forms}
+    cpu_times: Dict[str, List[float]] = {f: [] for f in forms}
     outputs: Dict[str, torch.Tensor] = {}
     with torch.inference_mode():
-        for form in ("exact", "nystrom", "floor"):  # warm-up: caches, kernels (official has none)
-            set_form(model, form, args.chunk_mb * 2**20)
-            model(x)
+        for form in forms[1:]:  # warm-up: caches, kernels (official has none)
+            set_form(model, form.replace("_bf16", ""), args.chunk_mb * 2**20)
+            with precision(form):
+                model(x)
         for _ in range(reps):
-            for form in FORMS:
-                set_form(model, form, args.chunk_mb * 2**20)
-                seconds, cpu, outputs[form] = timed(model, x)
+            for form in forms:
+                set_form(model, form.replace("_bf16", ""), args.chunk_mb * 2**20)
+                seconds, cpu, outputs[form] = timed(model, x, form)
                 times[form].append(seconds)
                 cpu_times[form].append(cpu)
                 print(f"  {size}x{size} w{window} {form:8s} {seconds:7.2f} s (cpu {cpu:7.2f} s)",
@@ -174,6 +197,14 @@ def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dic
     t = {f: statistics.median(v) for f, v in times.items()}
     c = {f: statistics.median(v) for f, v in cpu_times.items()}
     attn_official, attn_exact = t["official"] - t["floor"], t["exact"] - t["floor"]
+    bf16 = {}
+    if args.bf16:
+        bf16 = {"bf16": {
+            "speedup_vs_official": {f: round(t["official"] / t[f], 2) for f in BF16_FORMS},
+            "speedup_vs_float32": {f: round(t[f.replace("_bf16", "")] / t[f], 2) for f in BF16_FORMS},
+            "psnr_vs_exact_db": {f: round(psnr(outputs[f], outputs["exact"]), 2) for f in BF16_FORMS},
+            "psnr_nystrom_bf16_vs_nystrom_db": round(psnr(outputs["nystrom_bf16"], outputs["nystrom"]), 2),
+        }}
     return {
         "size": size, "window": window,
         "seconds": {f: round(v, 4) for f, v in t.items()},
@@ -195,6 +226,7 @@ def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dic
         "psnr_nystrom_vs_exact_db": round(psnr(outputs["nystrom"], outputs["exact"]), 2),
         "bias_store_used_mb": round(STORE.nbytes / 2**20),
         "bound": bound(model, size, window, t, args.peak_gflops),
+        **bf16,
     }
 
 
@@ -235,6 +267,8 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--chunk-mb", type=int, default=512, help="score memory per chunk (official form)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time nystrom and floor under CPU bfloat16 autocast (not counted in the goals)")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([128] if args.quick else [128, 256])
     windows = args.windows or ([8, 32] if args.quick else [8, 32, 64])
