@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias
+from .qkv_layout import head_major_qkv, heads_layout
 
 Window = Tuple[int, int, int]
 
@@ -152,7 +153,12 @@ def resize_bias_table(table: Tensor, old: Window, new: Window) -> Tensor:
 
 
 class WindowAttention3D(WindowAttentionBase):
-    """Multi-head self-attention inside 3-D windows, with a learnt relative position bias."""
+    """Multi-head self-attention inside 3-D windows, with a learnt relative position bias.
+
+    ``qkv_layout``: ``"auto"``, ``"tokens"`` or ``"heads"`` (see :mod:`.qkv_layout`).
+    """
+
+    qkv_layout: str = "auto"
 
     def __init__(self, dim: int, window: Window, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -168,8 +174,13 @@ class WindowAttention3D(WindowAttentionBase):
         """windows: (B, nW, N, C) tokens of ``grid``-shaped windows; regions: returns the (nW, N)
         shift regions (see ``shift_regions``) or None for unshifted windows."""
         b, n_win, n_tok, c = windows.shape
-        qkv = self.qkv_self(windows).view(b, n_win, n_tok, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+        if heads_layout(self, windows, c):  # see .qkv_layout; q is then a buffer of its own
+            q, k, v = head_major_qkv(self.qkv_self, windows.reshape(b, n_win * n_tok, c), n_tok, self.num_heads)
+            q = q.mul_(self.scale)
+        else:
+            qkv = self.qkv_self(windows).view(b, n_win, n_tok, 3, self.num_heads, c // self.num_heads)
+            q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+            q = q * self.scale
 
         def make_bias() -> WindowBias:
             # Factored, nothing materialised (one layer's dense bias is 1.6 GB at (2, 64, 64)):
@@ -178,7 +189,7 @@ class WindowAttention3D(WindowAttentionBase):
             position = RelativePositionBias(self.relative_position_bias_table, self.window, grid, index=index)
             return WindowBias(position, None if regions is None else RegionMask(regions(), _MASKED))
 
-        out = self.attend(q * self.scale, k, v, grid, make_bias=make_bias, bias_key=("rvrt", grid) + mask_key)
+        out = self.attend(q, k, v, grid, make_bias=make_bias, bias_key=("rvrt", grid) + mask_key)
         return self.proj(out.transpose(2, 3).reshape(b, n_win, n_tok, c))
 
     def resize_window(self, window: Window, index: Optional[Tensor] = None) -> None:

@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from ..attention.bias import RegionMask, RelativePositionBias, WindowBias
 from ..attention.module import WindowAttentionBase
 from .base import ModelInfo
-from .swinir_geometry import (_MASKED, _gather, _linear, head_major_qkv, _window_regions, pad_to_multiple,
+from .qkv_layout import head_major_qkv, heads_layout
+from .swinir_geometry import (_MASKED, _gather, _linear, _window_regions, pad_to_multiple,
                               relative_position_index, shift_mask, window_token_order)
 
 NAME = "swinir"
@@ -84,18 +85,11 @@ class SwinIRConfig:
 # Transformer parts
 
 
-#: ``qkv_layout="auto"`` computes q, k, v head-major (``head_major_qkv``) for Nyström layers at
-#: least this wide (CPU inference). Whole model, Nyström, measured: width 180 (SwinIR-M) 3 % /
-#: 11 % faster at windows 8 / 32, width 60 (SwinIR-S) 6 % / 17 %; width 32 (the bundled
-#: models) 1 % slower. Exact mode stays token-major: SDPA is 1.26x slower on head-major inputs.
-HEADS_LAYOUT_MIN_DIM = 60
-
-
 class WindowAttention(WindowAttentionBase):
     """Multi-head self-attention inside (shifted) windows, with a relative position bias.
 
     ``qkv_layout``: ``"auto"`` (default), ``"tokens"`` or ``"heads"``: how q, k, v are laid out
-    in memory in inference (see ``HEADS_LAYOUT_MIN_DIM``); outputs are the same either way.
+    in memory in inference (see :mod:`.qkv_layout`); outputs are the same either way.
     """
 
     qkv_layout: str = "auto"
@@ -136,7 +130,7 @@ class WindowAttention(WindowAttentionBase):
         batch, tokens, channels = windows.shape
         ws, heads, hd = self.window_size, self.num_heads, self.head_dim
         n = ws * ws
-        if self._heads_layout(windows):
+        if heads_layout(self, windows, self.dim):
             q, k, v = head_major_qkv(self.qkv, windows, n, heads)
         else:
             # q, k, v as strided views (B, nW, heads, N, d) of the qkv output: no copy here.
@@ -156,15 +150,6 @@ class WindowAttention(WindowAttentionBase):
                           bias_key=("swin", ws, shift) + tuple(feature_size))
         # (``windows`` is dead by now: its buffer takes the projection.)
         return _linear(self.proj, out.transpose(2, 3).reshape(batch, tokens, channels), "windows")
-
-    def _heads_layout(self, windows: Tensor) -> bool:
-        """Whether q, k, v are computed head-major this call (see ``qkv_layout``)."""
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(windows.device.type):
-            return False
-        if self.qkv_layout == "auto":
-            return (self.attention_mode == "nystrom" and windows.device.type == "cpu"
-                    and self.dim >= HEADS_LAYOUT_MIN_DIM)
-        return self.qkv_layout == "heads"
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
