@@ -84,9 +84,6 @@ def set_form(model: RVRT, form: str, timer: BiasTimer) -> None:
     for module in model.modules():
         if isinstance(module, WindowAttention3D):
             module.__dict__.pop("attend", None)  # back to the class's attend
-            # The floor computes q, k, v as Nystrom does (head-major at this width), so that the
-            # two differ by the attention alone.
-            module.qkv_layout = "heads" if form == "floor" else "auto"
             if form == "floor":
                 module.attend = identity_attend
             elif form == "exact":

@@ -7,7 +7,8 @@ every (window, head) pair is one contiguous ``(d, N)`` block; the kernel then fo
 heads without copying, and at widths from 60 up the product itself is faster too.
 
 Layers carry ``qkv_layout``: ``"auto"`` (head-major for Nyström layers of at least
-``HEADS_LAYOUT_MIN_DIM`` channels in CPU inference), ``"tokens"`` or ``"heads"``. Training and
+``HEADS_LAYOUT_MIN_DIM`` channels in CPU inference), ``"tokens"`` or ``"heads"``; SwinIR's
+layers default to ``"auto"``, RVRT's to ``"tokens"`` (measured slower there). Training and
 autocast always take the plain token-major product.
 """
 from __future__ import annotations

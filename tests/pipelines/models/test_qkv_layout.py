@@ -28,6 +28,8 @@ def test_head_major_product_is_the_linear_rearranged(bias):
 
 def test_layout_rule():
     layer = WindowAttention3D(HEADS_LAYOUT_MIN_DIM, (2, 4, 4), 6)
+    assert layer.qkv_layout == "tokens"  # RVRT's default (see its docstring)
+    layer.qkv_layout = "auto"
     x = torch.zeros(1, 2, 32, HEADS_LAYOUT_MIN_DIM)
     with torch.inference_mode():
         assert not heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)  # exact mode: token-major
