@@ -112,10 +112,9 @@ def set_form(model: SwinIR, form: str, chunk_bytes: int) -> None:
     for module in model.modules():
         if isinstance(module, swinir.WindowAttention):
             module.__dict__.pop("attend", None)  # back to the class's attend
-            # The same q, k, v layout as Nyström's for the official form and the floor, so that
-            # the forms differ by their attention alone (it is also the faster one for both);
-            # exact mode keeps the token-major layout SDPA prefers.
-            module.qkv_layout = "tokens" if form == "exact" else "heads"
+            # The official form and the floor take the head-major q, k, v layout (the faster
+            # one for both, and Nyström's); our modes choose theirs (see qkv_layout.py).
+            module.qkv_layout = "auto" if form in ("exact", "nystrom") else "heads"
             if form == "official":
                 module.attend = official_attend(module, chunk_bytes)
             elif form == "floor":

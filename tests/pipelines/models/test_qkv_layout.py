@@ -27,24 +27,37 @@ def test_head_major_product_is_the_linear_rearranged(bias):
 
 
 def test_layout_rule():
-    layer = WindowAttention3D(HEADS_LAYOUT_MIN_DIM, (2, 4, 4), 6)
+    from pipelines.attention import auto
+    from pipelines.attention.exact import MATERIALISED_MAX_N
+
+    dim, big, small = HEADS_LAYOUT_MIN_DIM, 1024, 64
+    layer = WindowAttention3D(dim, (2, 4, 4), 6)
     assert layer.qkv_layout == "tokens"  # RVRT's default (see its docstring)
     layer.qkv_layout = "auto"
-    x = torch.zeros(1, 2, 32, HEADS_LAYOUT_MIN_DIM)
+    x = torch.zeros(1, 2, 32, dim)
     with torch.inference_mode():
-        assert not heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)  # exact mode: token-major
+        # exact: head-major only where the scores are materialised (SDPA wants rows contiguous)
+        assert heads_layout(layer, x, dim, small) and heads_layout(layer, x, dim, MATERIALISED_MAX_N)
+        assert not heads_layout(layer, x, dim, MATERIALISED_MAX_N + 1)
+        assert not heads_layout(layer, x.to(torch.bfloat16), dim, small)  # SDPA takes bfloat16
         patch_attention(layer, "nystrom")
-        assert heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)
-        assert not heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM - 1)  # too narrow
+        assert heads_layout(layer, x, dim, big)
+        assert not heads_layout(layer, x, dim - 1, big)  # too narrow
+        patch_attention(layer, "auto")
+        assert not heads_layout(layer, x, dim, big)  # no choice made yet: as exact
+        layer.last_decision = auto.Decision("nystrom", "measured")
+        assert heads_layout(layer, x, dim, big)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)
+            assert not heads_layout(layer, x, dim, big)
         layer.qkv_layout = "tokens"
-        assert not heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)
+        assert not heads_layout(layer, x, dim, big)
+        layer.qkv_layout = "heads"
+        assert heads_layout(layer, x, dim - 1, big)
         layer.qkv_layout = "sideways"
         with pytest.raises(ValueError, match="unknown qkv_layout"):
-            heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)
+            heads_layout(layer, x, dim, big)
     layer.qkv_layout = "heads"
-    assert not heads_layout(layer, x, HEADS_LAYOUT_MIN_DIM)  # autograd on: plain product
+    assert not heads_layout(layer, x, dim, big)  # autograd on: the plain product
 
 
 @pytest.mark.parametrize("mode", ["nystrom", "exact"])

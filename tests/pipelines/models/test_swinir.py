@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -458,12 +458,10 @@ def _attend_inputs(model, x, monkeypatch):
 @pytest.mark.parametrize("attention", ["nystrom", "exact"])
 @pytest.mark.parametrize("qkv_bias", [True, False])
 def test_head_major_qkv_layout_gives_the_same_output(attention, qkv_bias, monkeypatch):
-    from dataclasses import replace as config_replace
-
     from pipelines.attention import patch_attention
 
     torch.manual_seed(0)
-    model = patch_attention(SwinIR(config_replace(WIDE, qkv_bias=qkv_bias)).eval(), attention)
+    model = patch_attention(SwinIR(replace(WIDE, qkv_bias=qkv_bias)).eval(), attention)
     x = torch.rand(2, 3, 24, 40)  # shifted windows, 2 x 3 x 5 windows
     outs = {}
     for layout in ("tokens", "heads"):
@@ -482,7 +480,9 @@ def test_qkv_layout_auto_is_head_major_for_wide_nystrom_layers_only(monkeypatch)
 
     torch.manual_seed(0)
     x = torch.rand(1, 3, 24, 24)
-    for config, mode, head_major in [(WIDE, "nystrom", True), (WIDE, "exact", False), (TINY, "nystrom", False)]:
+    wide_32 = replace(WIDE, window_size=32)  # 32x32 windows: exact runs SDPA, token-major
+    for config, mode, head_major in [(WIDE, "nystrom", True), (WIDE, "exact", True), (wide_32, "exact", False),
+                                     (wide_32, "nystrom", True), (TINY, "nystrom", False)]:
         model = patch_attention(SwinIR(config).eval(), mode)
         _, seen = _attend_inputs(model, x, monkeypatch)
         for q in seen:
