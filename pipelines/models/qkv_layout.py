@@ -8,9 +8,8 @@ heads without copying, and at widths from 60 up the product itself is faster too
 
 Layers carry ``qkv_layout``: ``"auto"`` (head-major in CPU inference for layers of at least
 ``HEADS_LAYOUT_MIN_DIM`` channels, unless SDPA runs them: see ``heads_layout``), ``"tokens"`` or
-``"heads"``; SwinIR's
-layers default to ``"auto"``, RVRT's to ``"tokens"`` (measured slower there). Training and
-autocast always take the plain token-major product.
+``"heads"``. SwinIR's layers default to ``"auto"``, RVRT's to ``"tokens"`` (measured slower
+there). Training and autocast always take the plain token-major product.
 """
 from __future__ import annotations
 
