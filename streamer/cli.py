@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.deconvolution import PREFILTERS
     from pipelines.zoo import TASKS
 
-    from .pipeline import ATTENTION_MODES, DEFAULT_WORKERS
+    from .options import ATTENTION_MODES, DEFAULT_WORKERS
     from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
                           DEFAULT_VIDEO_TILE_OVERLAP)
 
@@ -219,7 +219,8 @@ def _main(args: argparse.Namespace) -> int:
     from pipelines.errors import CheckpointError
 
     from .errors import StreamerError, UsageError
-    from .pipeline import Options, check_options, check_preset_fits, run
+    from .options import Options, check_options, check_preset_fits
+    from .pipeline import run
 
     options = options_from_args(args)
     try:
