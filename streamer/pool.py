@@ -249,6 +249,10 @@ class CpuPool:
         self._items = items
         retry: Deque[WorkItem] = deque()
         finished: Dict[int, WorkResult] = {}
+        # Items that failed, held until every earlier item is out: the error raised is the
+        # earliest item's (as with one worker), whichever worker happened to fail first, and
+        # the results before it are still emitted (written) first.
+        failed: Dict[int, tuple] = {}
         next_emit = 0
         inbox_done = False
         while True:
@@ -261,7 +265,7 @@ class CpuPool:
                     break
                 if retry:
                     item = retry.popleft()
-                elif inbox_done:
+                elif inbox_done or failed:
                     break
                 else:
                     try:
@@ -288,13 +292,17 @@ class CpuPool:
                     raise ProcessingError(f"worker process could not start: {type(payload).__name__}: "
                                           f"{_one_line(payload)}") from payload
                 elif kind == "error":
-                    raise WorkItemError(items[index], payload, extra) from payload
+                    failed[index] = (payload, extra)
+                    self._release(proc, index)
                 elif kind == "ok":
                     finished[index] = self._collect(proc, index, payload)
                     seconds, fallbacks = extra
                     self.busy_seconds += seconds
                     self.attention_fallbacks += fallbacks
-            while next_emit in finished:
+            while next_emit in finished or next_emit in failed:
+                if next_emit in failed:
+                    payload, extra = failed[next_emit]
+                    raise WorkItemError(items[next_emit], payload, extra) from payload
                 emit(finished.pop(next_emit))
                 items.pop(next_emit)
                 next_emit += 1
@@ -331,13 +339,20 @@ class CpuPool:
             pass  # the worker died: _poll sees its sentinel and the item is retried
 
     def _collect(self, proc: _Process, index: int, shape: Tuple[int, ...]) -> WorkResult:
+        slot = self._release(proc, index)
+        image = slot.out_buf[: int(np.prod(shape))].numpy().reshape(shape).copy()
+        return WorkResult(self._items[index], image)
+
+    @staticmethod
+    def _release(proc: _Process, index: int) -> _Slot:
+        """Item ``index`` is back from ``proc``: no longer in flight there, its slot free again
+        (the caller reads the slot before dispatching anything else)."""
         position = next(i for i, (idx, _) in enumerate(proc.in_flight) if idx == index)
         _, slot_id = proc.in_flight[position]
         del proc.in_flight[position]
         slot = proc.slots[slot_id]
-        image = slot.out_buf[: int(np.prod(shape))].numpy().reshape(shape).copy()
         slot.busy = False
-        return WorkResult(self._items[index], image)
+        return slot
 
     def _poll(self) -> List[Tuple[_Process, Optional[tuple]]]:
         """Messages from workers (``None`` for a process that died), waiting up to POLL_S."""

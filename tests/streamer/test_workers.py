@@ -18,7 +18,7 @@ import pytest
 from streamer.frames import Frame
 from streamer.windows import Cutter, WorkItem, WorkResult
 from streamer.workers import CpuPool, DeviceWorker, Stopped, WorkItemError, cpu_cores
-from toy_models import Brighten, FailOnBright, Identity, KillOnBright, Slow, ThreadCount
+from toy_models import Brighten, FailOnBright, Identity, KillOnBright, Slow, SlowBandFailOnBright, ThreadCount
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -37,17 +37,22 @@ def cut(frames: List[Frame], tile: int = 0, overlap: int = 0, scale: int = 1) ->
 
 
 def run_worker(worker, items: List[WorkItem], stop: threading.Event = None) -> List[WorkResult]:
+    results: List[WorkResult] = []
+    run_worker_into(worker, items, results, stop)
+    return results
+
+
+def run_worker_into(worker, items: List[WorkItem], results: List[WorkResult], stop: threading.Event = None) -> None:
+    """Run ``worker`` over ``items``; ``results`` keeps what was emitted if it raises."""
     inbox: "queue.Queue" = queue.Queue()
     for item in items:
         inbox.put(item)
     inbox.put(None)
-    results: List[WorkResult] = []
     worker.start()
     try:
         worker.run(inbox, results.append, stop or threading.Event())
     finally:
         worker.terminate()
-    return results
 
 
 def assert_identity(results: List[WorkResult], items: List[WorkItem], add: int = 0) -> None:
@@ -102,6 +107,30 @@ def test_pool_failing_item_fails_the_run_with_its_error():
         run_worker(pool, items)
     assert isinstance(info.value.cause, RuntimeError)
     assert "Traceback" in info.value.remote_traceback and "boom" in info.value.remote_traceback
+
+
+@pytest.mark.slow
+def test_pool_reports_the_earliest_failing_item_not_the_first_to_fail():
+    # Frames 5 and 6 both fail; 5 takes 0.6 s, so 6 (on the other worker) fails first in time.
+    # The error is frame 5's whatever the timing, as with the in-process worker.
+    items = cut(graded_frames(8))
+    pool = CpuPool(SlowBandFailOnBright(105 / 255, slow_band=(105 / 255, 125 / 255), seconds=0.6), workers=2)
+    emitted = []
+    with pytest.raises(WorkItemError, match=r"frame 5 .*RuntimeError: boom"):
+        run_worker_into(pool, items, emitted)
+    assert [r.item.index for r in emitted] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_pool_emits_every_item_before_the_failing_one():
+    # Frame 6 fails at once while frame 5, on the other worker, is still running: frame 5's
+    # result still comes out (the output keeps every frame before the failure).
+    items = cut(graded_frames(8))
+    pool = CpuPool(SlowBandFailOnBright(125 / 255, slow_band=(95 / 255, 125 / 255), seconds=0.6), workers=2)
+    emitted = []
+    with pytest.raises(WorkItemError, match=r"frame 6 .*RuntimeError: boom"):
+        run_worker_into(pool, items, emitted)
+    assert [r.item.index for r in emitted] == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

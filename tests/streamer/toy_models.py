@@ -71,6 +71,22 @@ class FailOnBright(nn.Module):
         return x + self.zero
 
 
+class SlowBandFailOnBright(FailOnBright):
+    """FailOnBright, but inputs whose mean lies in ``slow_band`` first sleep ``seconds``: an
+    early item that finishes (or fails) after a later one has failed on another worker."""
+
+    def __init__(self, threshold: float, slow_band: tuple, seconds: float) -> None:
+        super().__init__(threshold)
+        self.slow_band, self.seconds = slow_band, seconds
+
+    def forward(self, x: Tensor) -> Tensor:
+        import time
+
+        if self.slow_band[0] < float(x.mean()) < self.slow_band[1]:
+            time.sleep(self.seconds)
+        return super().forward(x)
+
+
 class FailAfter(nn.Module):
     """Works for ``calls`` forward calls (in this process), then raises."""
 
