@@ -110,27 +110,21 @@ def test_pool_failing_item_fails_the_run_with_its_error():
 
 
 @pytest.mark.slow
-def test_pool_reports_the_earliest_failing_item_not_the_first_to_fail():
+@pytest.mark.parametrize("threshold, slow_band, failing", [
     # Frames 5 and 6 both fail; 5 takes 0.6 s, so 6 (on the other worker) fails first in time.
     # The error is frame 5's whatever the timing, as with the in-process worker.
-    items = cut(graded_frames(8))
-    pool = CpuPool(SlowBandFailOnBright(105 / 255, slow_band=(105 / 255, 125 / 255), seconds=0.6), workers=2)
-    emitted = []
-    with pytest.raises(WorkItemError, match=r"frame 5 .*RuntimeError: boom"):
-        run_worker_into(pool, items, emitted)
-    assert [r.item.index for r in emitted] == [0, 1, 2, 3, 4]
-
-
-@pytest.mark.slow
-def test_pool_emits_every_item_before_the_failing_one():
+    (105, (105, 125), 5),
     # Frame 6 fails at once while frame 5, on the other worker, is still running: frame 5's
     # result still comes out (the output keeps every frame before the failure).
+    (125, (95, 125), 6),
+], ids=["earliest-error-wins", "earlier-results-kept"])
+def test_pool_fails_at_the_earliest_failing_item_after_emitting_all_before_it(threshold, slow_band, failing):
     items = cut(graded_frames(8))
-    pool = CpuPool(SlowBandFailOnBright(125 / 255, slow_band=(95 / 255, 125 / 255), seconds=0.6), workers=2)
-    emitted = []
-    with pytest.raises(WorkItemError, match=r"frame 6 .*RuntimeError: boom"):
-        run_worker_into(pool, items, emitted)
-    assert [r.item.index for r in emitted] == [0, 1, 2, 3, 4, 5]
+    model = SlowBandFailOnBright(threshold / 255, slow_band=(slow_band[0] / 255, slow_band[1] / 255), seconds=0.6)
+    emitted: List[WorkResult] = []
+    with pytest.raises(WorkItemError, match=rf"frame {failing} .*RuntimeError: boom"):
+        run_worker_into(CpuPool(model, workers=2), items, emitted)
+    assert [r.item.index for r in emitted] == list(range(failing))
 
 
 @pytest.mark.slow
