@@ -43,7 +43,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.cli import configure_openmp  # noqa: E402
+from streamer.process_env import configure_openmp  # noqa: E402
 
 configure_openmp()  # as the CLI does, before torch loads
 
@@ -60,7 +60,9 @@ ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system
 from streamer import samples  # noqa: E402
 from streamer.frames import Frame  # noqa: E402
 from streamer.windows import Cutter  # noqa: E402
-from streamer.workers import CpuPool, DeviceWorker, cpu_cores  # noqa: E402
+from streamer.pool import CpuPool  # noqa: E402
+from streamer.process_env import cpu_cores  # noqa: E402
+from streamer.workers import DeviceWorker  # noqa: E402
 
 # A small-but-real stand-in while the bundled weights are not trained.
 STAND_IN = SwinIRConfig(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(4, 4), window_size=8,

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.attention import patch_attention  # noqa: E402
 from pipelines.attention.store import STORE  # noqa: E402
-from pipelines.models import rvrt  # noqa: E402
+from pipelines.models import rvrt_loading  # noqa: E402
 from pipelines.models.rvrt import RVRT, RVRTConfig  # noqa: E402
 from pipelines.models.rvrt_blocks import WindowAttention3D  # noqa: E402
 from pipelines.runtime import configure_allocator  # noqa: E402
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     reps = args.reps or 1
 
     config = RVRTConfig()  # the released video-SR architecture (embed 144, heads 6, ...)
-    model = rvrt.from_state_dict(random_state_dict(config), window=64).eval()
+    model = rvrt_loading.from_state_dict(random_state_dict(config), window=64).eval()
     x = torch.rand(1, frames, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
 
     times: Dict[str, List[float]] = {f: [] for f in FORMS}

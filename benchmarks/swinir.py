@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.attention import patch_attention  # noqa: E402
 from pipelines.attention.store import STORE  # noqa: E402
-from pipelines.models import swinir  # noqa: E402
+from pipelines.models import swinir, swinir_loading  # noqa: E402
 from pipelines.models.swinir import SwinIR, SwinIRConfig  # noqa: E402
 from pipelines.runtime import configure_allocator  # noqa: E402
 ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
@@ -174,7 +174,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_case(state_dict: dict, size: int, window: int, reps: int, args) -> dict:
-    model = swinir.from_state_dict(state_dict, window=window).eval()
+    model = swinir_loading.from_state_dict(state_dict, window=window).eval()
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     forms = FORMS + (BF16_FORMS if args.bf16 else ())
     times: Dict[str, List[float]] = {f: [] for f in forms}

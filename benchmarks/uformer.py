@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.attention import patch_attention  # noqa: E402
-from pipelines.models import uformer  # noqa: E402
+from pipelines.models import uformer, uformer_loading  # noqa: E402
 from pipelines.models.uformer import Uformer, UformerConfig  # noqa: E402
 from pipelines.runtime import configure_allocator  # noqa: E402
 ALLOCATOR_TUNED = configure_allocator()  # as the CLI runs (NYSTRA_MALLOC=system: glibc's default)
@@ -97,7 +97,7 @@ def stage_windows(model: Uformer) -> Dict[str, list]:
 
 
 def bench_case(state_dict: dict, size: int, window: int, forms: List[str], reps: int) -> dict:
-    model = uformer.from_state_dict(state_dict, window=window).eval()
+    model = uformer_loading.from_state_dict(state_dict, window=window).eval()
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     times: Dict[str, List[float]] = {f: [] for f in forms}
     cpu_times: Dict[str, List[float]] = {f: [] for f in forms}

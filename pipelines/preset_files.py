@@ -36,10 +36,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from .attention.settings import MODES, RUN_DEFAULT, AttentionSettings, Window
 from .deconvolution import PREFILTERS
 from .download import is_sha256, models_dir, part_path
 from .errors import CheckpointError
@@ -59,10 +60,7 @@ PRESET_TASKS: Dict[str, str] = {
     "video-denoise": "video denoising (needs the noise level)",
 }
 ARCHITECTURES = ("swinir", "uformer", "rvrt")
-ATTENTION_MODES = ("exact", "nystrom", "auto")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
-
-Window = Union[int, Tuple[int, ...]]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _REQUIRED = ("name", "task", "arch", "file", "description", "licence")
@@ -76,16 +74,6 @@ class PresetError(CheckpointError):
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    """How to run a preset: attention kernel and its options, window (None: the trained one)."""
-
-    attention: str
-    landmarks: int
-    iters: int
-    window: Optional[Window]
-
-
-@dataclass(frozen=True)
 class Preset:
     """A named checkpoint: what it restores, where it comes from, how to run it."""
 
@@ -94,9 +82,9 @@ class Preset:
     arch: str                       # architecture name (``pipelines.models`` NAME)
     file: str                       # file name under WEIGHTS_DIR (bundled) or the download cache
     description: str
-    attention: str = "nystrom"      # the kernel the CLI runs by default
-    landmarks: int = 16             # recommended Nyström settings ...
-    iters: int = 2
+    attention: str = RUN_DEFAULT.mode        # the kernel the CLI runs by default
+    landmarks: int = RUN_DEFAULT.landmarks   # recommended Nyström settings ...
+    iters: int = RUN_DEFAULT.iters
     window: Optional[Window] = None  # ... and the window they run at (None: the trained window)
     url: Optional[str] = None       # downloaded from here ...
     sha256: Optional[str] = None    # ... and verified against this (else recorded at download)
@@ -141,7 +129,7 @@ class Preset:
         return f"{self.licence} (non-commercial)" if self.non_commercial else self.licence
 
     def settings(self, attention: Optional[str] = None, landmarks: Optional[int] = None,
-                 iters: Optional[int] = None, window: Optional[Window] = None) -> RunSettings:
+                 iters: Optional[int] = None, window: Optional[Window] = None) -> AttentionSettings:
         """The preset's recommendations with the caller's overrides (None = the preset's).
 
         ``exact`` runs at the trained window; ``nystrom`` and ``auto`` (which picks Nyström
@@ -150,8 +138,8 @@ class Preset:
         mode = attention or self.attention
         if window is None and mode != "exact":
             window = self.window
-        return RunSettings(mode, self.landmarks if landmarks is None else landmarks,
-                           self.iters if iters is None else iters, window)
+        return AttentionSettings(mode, self.landmarks, self.iters).override(
+            landmarks=landmarks, iters=iters, window=window)
 
 
 # -- reading files ------------------------------------------------------------------------------
@@ -232,14 +220,14 @@ def _preset_from_fields(fields: Dict[str, Any], builtin: bool, origin: str) -> P
         if not isinstance(sha256, str) or not is_sha256(sha256.lower()):
             raise ValueError("sha256 must be 64 hexadecimal digits")
         sha256 = sha256.lower()
-    attention = fields.get("attention", "nystrom")
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention {attention!r} (choose from {', '.join(ATTENTION_MODES)})")
+    attention = fields.get("attention", RUN_DEFAULT.mode)
+    if attention not in MODES:
+        raise ValueError(f"unknown attention {attention!r} (choose from {', '.join(MODES)})")
     nystrom = fields.get("nystrom") or {}
     if not isinstance(nystrom, dict) or set(nystrom) - set(_NYSTROM_KEYS):
         raise ValueError(f"nystrom must be a mapping of {', '.join(_NYSTROM_KEYS)}")
-    landmarks = _integer(nystrom.get("landmarks", 16), "nystrom.landmarks", minimum=1)
-    iters = _integer(nystrom.get("iters", 2), "nystrom.iters", minimum=0)
+    landmarks = _integer(nystrom.get("landmarks", RUN_DEFAULT.landmarks), "nystrom.landmarks", minimum=1)
+    iters = _integer(nystrom.get("iters", RUN_DEFAULT.iters), "nystrom.iters", minimum=0)
     prefilter = fields.get("prefilter")
     if prefilter is not None and prefilter not in PREFILTERS:
         raise ValueError(f"unknown prefilter {prefilter!r} (choose from {', '.join(PREFILTERS)})")

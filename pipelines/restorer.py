@@ -13,8 +13,8 @@ Per-frame models see ``(N, C, H, W)``; video models (``info.clip_len`` set) see 
 test feeds its denoiser; the model's output has the usual 3 channels.
 
 :meth:`Restorer.restore` treats ``T`` frames as one clip; :meth:`Restorer.restore_video` cuts
-a longer sequence into overlapping clips and blends them with linear ramps (the same rule as
-the streaming pipeline's stitcher, for callers that hold the whole video in memory).
+a longer sequence into overlapping clips and blends them with linear ramps (for callers that hold
+the whole video in memory), by the same code as the streaming pipeline: :mod:`pipelines.clips`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import tiling
+from .clips import ClipBlender, clip_spans
 from .deconvolution import make_prefilter
 from .models.base import ModelInfo
 
@@ -47,17 +48,6 @@ def describe_model(model: nn.Module) -> ModelInfo:
             f"(a probe of shape {tuple(probe.shape)} returned {getattr(out, 'shape', type(out))})"
         )
     return ModelInfo(arch=type(model).__name__, task="custom", scale=out.shape[-1] // 16)
-
-
-def check_sigma(info: ModelInfo, sigma: Optional[float]) -> None:
-    """Raise ``ValueError`` unless ``sigma`` suits the model: given (0-255) iff it needs one."""
-    if info.needs_sigma and sigma is None:
-        raise ValueError(f"this {info.arch} model ({info.task}) needs the noise level: "
-                         "pass sigma= on the 0-255 scale (e.g. 25)")
-    if sigma is not None and not info.needs_sigma:
-        raise ValueError(f"this {info.arch} model ({info.task}) takes no noise level (sigma)")
-    if sigma is not None and not 0 <= sigma <= 255:
-        raise ValueError(f"sigma is a noise level on the 0-255 scale, got {sigma}")
 
 
 class Restorer:
@@ -86,7 +76,7 @@ class Restorer:
         if tile > 0 and not 0 <= tile_overlap < tile:
             raise ValueError(f"tile overlap ({tile_overlap}) must be >= 0 and smaller than the tile ({tile})")
         self.info = info or describe_model(model)
-        check_sigma(self.info, sigma)
+        self.info.check_sigma(sigma)
         self.sigma = None if sigma is None else float(sigma)
         if self.info.in_channels not in (1, 3):
             raise ValueError(f"models with {self.info.in_channels} input channels are not supported")
@@ -141,19 +131,16 @@ class Restorer:
         clip_overlap = clip_len // 4 if clip_overlap is None else clip_overlap
         if not 0 <= clip_overlap < clip_len:
             raise ValueError(f"clip overlap ({clip_overlap}) must be >= 0 and smaller than the clip ({clip_len})")
-        length = images.shape[0]
-        spans = tiling.spans(length, clip_len, clip_overlap)
+        spans = clip_spans(images.shape[0], clip_len, clip_overlap)
         if len(spans) == 1:
             return self.restore(images)
-        total: Optional[np.ndarray] = None
-        weight_sum = np.zeros(length, np.float32)
-        for (start, end), ramp in zip(spans, tiling.span_weights(spans)):
-            restored = self.restore(images[start:end])
-            if total is None:
-                total = np.zeros((length,) + restored.shape[1:], np.float32)
-            total[start:end] += restored * ramp[:, None, None, None]
-            weight_sum[start:end] += ramp  # not 1 where a frame lies in more than two clips
-        return np.clip(np.rint(total / weight_sum[:, None, None, None]), 0, 255).astype(np.uint8)
+        blender: ClipBlender[int] = ClipBlender()
+        frames = []
+        for span in spans:
+            restored = self.restore(images[span.start:span.end])
+            frames += blender.add(span, restored, range(span.start, span.end))
+        frames += blender.finish()
+        return np.stack([image for _, image in frames])
 
     @torch.inference_mode()
     def restore_uint8(self, frames: Tensor) -> Tensor:

@@ -15,39 +15,33 @@ Three kinds of preset:
 - **manual**: checkpoints the authors share only on a web page; the error says which page to open
   and where to save the file, and from then on it is used (and its hash checked) like a download.
 
-:func:`load_preset` (and ``pipelines.load_model(name)``) run a preset with its recommended
-settings: ``exact`` attention at the trained window, ``nystrom``/``auto`` at the paper's window,
-landmarks and iterations; every setting can be overridden.
+``pipelines.load_model(name)`` (:mod:`pipelines.loading`, which imports this module, never the
+other way) runs a preset with its recommended settings (:meth:`Preset.settings`, an
+:class:`~pipelines.attention.AttentionSettings`): ``exact`` attention at the trained window,
+``nystrom``/``auto`` at the paper's window, landmarks and iterations; every setting can be
+overridden.
 """
 from __future__ import annotations
 
 import difflib
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
-
-from torch import nn
 
 from .download import fetch as _fetch
 from .download import models_dir, verify_cached
 from .errors import CheckpointError
-from .preset_files import (ARCHITECTURES, PRESET_TASKS, Preset, PresetError, RunSettings, Window,
-                           read_preset_file)
+from .preset_files import ARCHITECTURES, PRESET_TASKS, Preset, PresetError, read_preset_file
 
-__all__ = ["Preset", "RunSettings", "PresetError", "MissingWeightsError", "ManualDownloadError",
+__all__ = ["Preset", "PresetError", "MissingWeightsError", "ManualDownloadError",
            "UnknownModelError", "PRESET_TASKS", "ARCHITECTURES", "PRESETS", "DEFAULT_FOR_TASK", "TASKS",
            "presets", "get_preset", "has_preset", "default_preset", "resolve", "checkpoint_path",
-           "load_preset", "builtin_presets_dir", "models_dir"]
+           "builtin_presets_dir", "models_dir"]
 
 log = logging.getLogger(__name__)
 
 PRESETS_ENV = "NYSTRA_PRESETS"
-
-# ``ModelInfo.task`` for each preset task (the models name tasks without the scale).
-_MODEL_TASKS = {"sr2": "sr", "sr3": "sr", "sr4": "sr", "sr8": "sr", "jpeg": "car"}
-
 
 class MissingWeightsError(CheckpointError):
     """A preset whose checkpoint file is not on this machine."""
@@ -259,36 +253,3 @@ def checkpoint_path(preset: Union[Preset, str], download: bool = True, progress:
         log.warning("%s is licensed %s: non-commercial use only", preset.name, preset.licence)
     _fetch(preset.url, path, sha256=preset.sha256, progress=progress, label=preset.name)
     return path
-
-
-def load_preset(
-    preset: Union[Preset, str],
-    attention: Optional[str] = None,
-    landmarks: Optional[int] = None,
-    iters: Optional[int] = None,
-    window: Optional[Window] = None,
-    device=None,
-    progress: Optional[bool] = None,
-    **options,
-) -> nn.Module:
-    """Load a preset with its recommended settings (see :meth:`Preset.settings`), each overridable.
-
-    ``options`` go to the architecture, as for :func:`pipelines.load_model`.
-    """
-    from .loading import load_checkpoint_model
-
-    preset = preset if isinstance(preset, Preset) else get_preset(preset)
-    run = preset.settings(attention, landmarks, iters, window)
-    model = load_checkpoint_model(checkpoint_path(preset, progress=progress), attention=run.attention,
-                                  landmarks=run.landmarks, iters=run.iters, window=run.window,
-                                  device=device, **options)
-    info = getattr(model, "info", None)
-    if info is not None and getattr(info, "arch", None) != preset.arch:
-        raise CheckpointError(f"{preset.name}: the checkpoint {preset.path} is a {info.arch} model, "
-                              f"the preset says {preset.arch}")
-    task = _MODEL_TASKS.get(preset.task, preset.task)
-    if info is not None and (info.task != task or info.prefilter != preset.prefilter):
-        # e.g. Uformer's SIDD and GoPro checkpoints have the same layout; the preset knows which
-        # it is, and what its checkpoint was trained behind.
-        model.info = replace(info, task=task, prefilter=preset.prefilter)
-    return model

@@ -8,6 +8,12 @@
 
 Exit codes: 0 done, 2 bad usage or input (including unusable checkpoints), 1 failure while
 processing, 130 interrupted. Errors are one line on stderr: ``nystra-stream: error: ...``.
+
+Why the heavy modules (torch, FFmpeg, everything under ``pipelines``) are imported inside the
+functions below, not at the top: :func:`main` first installs the Ctrl-C/SIGTERM handlers, so an
+interrupt during the seconds torch takes to load still ends in one line and exit 130, and sets
+the OpenMP wait policy, which OpenMP reads once, when torch loads it. (No import cycle is involved:
+``python3 ../shared/tools/import_cycles.py`` finds none.)
 """
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ import os
 import signal
 import sys
 import threading
-from typing import List, NoReturn, Optional
+from typing import Dict, List, NoReturn, Optional
+
+from .process_env import configure_openmp
 
 PROG = "nystra-stream"
 
@@ -31,66 +39,43 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.deconvolution import PREFILTERS
-    from pipelines.zoo import TASKS
-
-    from .options import ATTENTION_MODES, DEFAULT_WORKERS
-    from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
-                          DEFAULT_VIDEO_TILE_OVERLAP)
+    """The one-file command's parser: INPUT, OUTPUT and a flag per run option
+    (:func:`streamer.options.option_fields`), plus ``--stats`` and ``-q``."""
+    from .options import option_fields
 
     p = _Parser(prog=PROG, description="Restore a video with a transformer model (PnP-Nystra attention). "
                 "Run `nystra-stream models` to list the model presets.")
     p.add_argument("input", metavar="INPUT", help="input video file")
     p.add_argument("output", metavar="OUTPUT", help="output video file (.mp4, .mkv, .mov, ...)")
-    g = p.add_argument_group("model")
-    g.add_argument("--task", choices=TASKS,
-                   help="what to restore; picks the default model for it (video tasks: RVRT, downloaded "
-                        "on first use, non-commercial licence)")
-    which = g.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="NAME", help="a model preset (see `nystra-stream models`)")
-    which.add_argument("--weights", metavar="PATH", help="a checkpoint file (.pth, .safetensors)")
-    g.add_argument("--attention", choices=ATTENTION_MODES,
-                   help="window-attention kernel (default: nystrom, or the preset's own setting)")
-    g.add_argument("--landmarks", type=int, metavar="M", help="Nystrom landmarks per window (default 16)")
-    g.add_argument("--iters", type=int, metavar="T", help="pseudo-inverse iterations (default 2)")
-    g.add_argument("--window", type=int, metavar="W", help="run the model at this attention window size")
-    g.add_argument("--sigma", type=float, metavar="S",
-                   help="noise level on the 0-255 scale for --task video-denoise (required there), e.g. 25")
-    g.add_argument("--prefilter", choices=("none",) + PREFILTERS,
-                   help="whole-frame step before the model (default: the preset's; --task deblur finds a "
-                        "frame's motion blur and inverts it, motion-wiener); none turns it off")
-    g = p.add_argument_group("execution")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    g.add_argument("--workers", type=int, metavar="N",
-                   help=f"CPU worker processes; 0 runs the model in this process "
-                        f"(default here {DEFAULT_WORKERS}: 2 with 2 or more cores, measured fastest on 2 cores)")
-    g.add_argument("--threads-per-worker", type=int, metavar="N",
-                   help="torch threads per worker (default: cores // workers, all cores for 0)")
-    g.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
-    video_tile = DEFAULT_VIDEO_TILE[4]
-    g.add_argument("--tile", type=int, metavar="PX",
-                   help=f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE}; video models "
-                        f"{video_tile} for x4, {DEFAULT_VIDEO_TILE_OTHER} otherwise); with a video model each "
-                        f"clip is cut into clip-len x PX x PX tiles, like RVRT's --tile T H W")
-    g.add_argument("--tile-overlap", type=int, metavar="PX",
-                   help=f"overlap between tiles (default {DEFAULT_TILE_OVERLAP}; video models "
-                        f"{DEFAULT_VIDEO_TILE_OVERLAP})")
-    g.add_argument("--clip-len", type=int, metavar="N",
-                   help="frames a video model restores together (default: the model's, 16 for RVRT)")
-    g.add_argument("--clip-overlap", type=int, metavar="N",
-                   help="frames shared by consecutive clips, blended with linear ramps (default clip-len // 4)")
-    g.add_argument("--decoder", default="pyav", choices=("pyav", "decord"), help="file decoder (default pyav)")
-    g = p.add_argument_group("output")
-    g.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
-    g.add_argument("--crf", type=int, metavar="Q", help="encoder quality (codec default if unset)")
-    g.add_argument("--preset", metavar="P", help="encoder speed preset (x264 names work for every codec)")
-    g.add_argument("--compare", action="store_true",
-                   help="write a side-by-side video instead: input (resized) left, result right")
-    g.add_argument("--keep-partial", action="store_true",
-                   help="on failure or Ctrl-C keep a playable file of the frames done")
+    groups: Dict[str, argparse._ArgumentGroup] = {}
+    for option in option_fields():
+        flag = option.flag
+        group = groups.get(flag.group) or groups.setdefault(flag.group, p.add_argument_group(flag.group))
+        spellings = flag.flags(option.name)
+        target = group.add_mutually_exclusive_group() if len(spellings) > 1 else group
+        for spelling in spellings:
+            kwargs: Dict[str, object] = dict(help=spelling.help, default=None, dest=_dest(option.name, spelling,
+                                                                                      len(spellings)))
+            if option.type is bool:
+                kwargs["action"] = "store_true"
+            else:
+                if spelling.metavar is not None:
+                    kwargs["metavar"] = spelling.metavar
+                if option.type in (int, float):
+                    kwargs["type"] = option.type
+                if flag.choices is not None:
+                    kwargs["choices"] = tuple(flag.choices())
+            target.add_argument(spelling.flag, **kwargs)
+    g = groups["output"]
     g.add_argument("--stats", metavar="PATH", help="write run statistics as JSON")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
+
+
+def _dest(name: str, spelling, count: int) -> str:
+    """Where argparse puts a flag's value: the option's name, or the flag's own for an option
+    spelled several ways (``--model`` / ``--weights``)."""
+    return name if count == 1 else spelling.flag.lstrip("-").replace("-", "_")
 
 
 def list_models(out=None) -> int:
@@ -137,14 +122,17 @@ def _attention_text(preset) -> str:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
-    return dict(
-        task=args.task, model=args.weights or args.model, attention=args.attention, landmarks=args.landmarks,
-        iters=args.iters, window=args.window, sigma=args.sigma, device=args.device, workers=args.workers,
-        threads_per_worker=args.threads_per_worker, tile=args.tile, tile_overlap=args.tile_overlap,
-        clip_len=args.clip_len, clip_overlap=args.clip_overlap, fp16=args.fp16, codec=args.codec,
-        crf=args.crf, preset=args.preset, compare=args.compare, keep_partial=args.keep_partial,
-        decoder=args.decoder, prefilter=args.prefilter,
-    )
+    """The run options the command line gave (those left out take :class:`Options`' defaults)."""
+    from .options import option_fields
+
+    options = {}
+    for option in option_fields():
+        spellings = option.flag.flags(option.name)
+        values = [getattr(args, _dest(option.name, s, len(spellings))) for s in spellings]
+        given = [v for v in values if v is not None]
+        if given:
+            options[option.name] = given[0]
+    return options
 
 
 def _fail(message: str, code: int) -> int:
@@ -166,16 +154,6 @@ def _raise_interrupt(signum, frame) -> NoReturn:
 def _stop_if_interrupted() -> None:
     if _interrupted.is_set():
         raise KeyboardInterrupt()
-
-
-def configure_openmp() -> None:
-    """Passive OpenMP waiting for this process and its workers, unless the user set a
-    policy. Must run before torch is imported (OpenMP reads it once, when it loads); see
-    :func:`streamer.workers.passive_openmp_env` for why."""
-    if any(key in os.environ for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
-        return
-    if "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -220,7 +198,7 @@ def _main(args: argparse.Namespace) -> int:
 
     from .errors import StreamerError, UsageError
     from .options import Options, check_options, check_preset_fits
-    from .pipeline import run
+    from .pipeline import Run
 
     options = options_from_args(args)
     try:
@@ -247,27 +225,26 @@ def _main(args: argparse.Namespace) -> int:
     bar = _progress_bar(disable=args.quiet)
     options["progress"] = bar.update_to if bar is not None else None
     options["cancel"] = _interrupted
-    stats, failure = None, None
+    run = Run(args.input, args.output, Options(**options))
+    stats, failure = run.stats, None
     try:
         _stop_if_interrupted()   # an interrupt swallowed while the libraries loaded
-        stats = run(args.input, args.output, **options)
-    except KeyboardInterrupt as err:
-        stats = getattr(err, "stats", None)
+        run.execute()
+    except KeyboardInterrupt:
         kept = f"; kept the {stats.frames_out} frames done in {stats.kept_partial}" \
-            if stats is not None and stats.kept_partial else "; no output written"
+            if stats.kept_partial else "; no output written"
         failure = (f"interrupted{kept}", 130)
     except (UsageError, CheckpointError) as err:
-        stats, failure = getattr(err, "stats", None), (str(err), 2)
+        failure = (str(err), 2)
     except StreamerError as err:
-        stats, failure = getattr(err, "stats", None), (str(err), err.exit_code)
+        failure = (str(err), err.exit_code)
     except Exception as err:  # a model or library error while processing
-        stats = getattr(err, "stats", None)
         failure = (f"processing failed: {type(err).__name__}: {err}", 1)
     finally:
         if bar is not None:
             bar.close()   # before any message, so it does not share the bar's line
     code = _fail(*failure) if failure else 0
-    if args.stats and stats is not None:
+    if args.stats:
         with open(args.stats, "w") as fh:
             json.dump(stats.to_dict(), fh, indent=2)
     if code == 0 and not args.quiet:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .cli import configure_openmp
+from .process_env import configure_openmp
 from .cli import main as nystra_stream
 
 

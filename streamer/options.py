@@ -1,28 +1,40 @@
-"""What a run is asked to do: ``Options``, their checks, and the model and worker they lead to.
+"""What a run is asked to do: :class:`Options`, the one description of every run option.
 
-Everything here happens before a frame is decoded: the option checks that need neither input
-nor model, the checks once the model is known (task, scale, noise level), loading the model,
-and choosing the worker that will run it. :mod:`streamer.pipeline` then streams the frames.
+Each field of :class:`Options` carries its command-line spelling, help text, choices and
+lower bound (:class:`Flag`, in the field's metadata). The CLI's flags (:mod:`streamer.cli`),
+``streamer.run(**options)`` (:func:`options_from_mapping`) and the checks below are all
+generated from those fields, so an option is added in one place.
+
+Everything else here happens before a frame is decoded: the option checks that need neither
+input nor model, the checks once the model is known (task, scale, noise level), loading the
+model, and choosing the worker that will run it. :mod:`streamer.pipeline` then streams the frames.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import threading
-from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from pipelines import zoo
+from pipelines.attention import MODES, RUN_DEFAULT, patch_attention
 from pipelines.deconvolution import PREFILTERS
-from pipelines.models.base import ModelInfo
+from pipelines.loading import load_model
+from pipelines.models.base import ModelInfo, NoiseLevelError, check_noise_level
 
-from .errors import UsageError
 from .encoding import EncoderSettings, encoder_options, video_encoder
-from .windows import check_window_options
+from .errors import UsageError
 from .pool import CpuPool
-from .workers import DeviceWorker, cpu_cores
+from .process_env import cpu_cores
+from .sources import DECODERS
+from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
+                      DEFAULT_VIDEO_TILE_OVERLAP, check_window_options)
+from .workers import DeviceWorker, Worker
 
 # From benchmarks/pipeline.py and the CLI on the 2-core target machine (2026-11-25, quiet,
 # bundled denoiser, 640x360): 2 worker processes x 1 thread ran 3.88 fps steady against 3.51
@@ -33,68 +45,179 @@ from .workers import DeviceWorker, cpu_cores
 # and before the allocator setting, had this process ahead: benchmarks/RESULTS.md.) One core:
 # in this process. Larger machines get 2 workers x cores/2 threads: not measured there.
 DEFAULT_WORKERS = 2 if cpu_cores() >= 2 else 0
-ATTENTION_MODES = ("exact", "nystrom", "auto")
 VIDEO_TASKS = ("vsr", "video-deblur", "video-denoise")
 SCALE_FOR_TASK = {"sr2": 2, "sr3": 3, "sr4": 4, "sr8": 8, "vsr": 4}
 
 Progress = Callable[[int, Optional[int]], None]
 
 
+@dataclass(frozen=True)
+class Spelling:
+    """One command-line flag for an option (most have one; ``model`` has ``--model`` and ``--weights``)."""
+
+    flag: str
+    metavar: Optional[str] = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an option is offered to users: its group in ``--help``, help text, choices (a
+    function: some come from the preset files) and lower bound. ``spellings`` overrides the
+    one flag ``--field-name``; with more than one they are mutually exclusive."""
+
+    group: str
+    help: str = ""
+    metavar: Optional[str] = None
+    choices: Optional[Callable[[], Sequence[str]]] = None
+    minimum: Optional[float] = None
+    spellings: Tuple[Spelling, ...] = ()
+
+    def flags(self, name: str) -> Tuple[Spelling, ...]:
+        return self.spellings or (Spelling("--" + name.replace("_", "-"), self.metavar, self.help),)
+
+
+def _option(default: Any, group: str, help: str = "", **flag: Any) -> Any:
+    return field(default=default, metadata={"flag": Flag(group, help, **flag)})
+
+
+def _tasks() -> Sequence[str]:
+    return zoo.TASKS
+
+
+_VIDEO_TILE = DEFAULT_VIDEO_TILE[4]
+
+
 @dataclass
 class Options:
     """Everything ``run`` accepts besides input and output (the CLI's flags, by name)."""
 
-    task: Optional[str] = None              # denoise | deblur | sr2 | sr4 | vsr | video-deblur | video-denoise
-    model: Union[str, os.PathLike, nn.Module, None] = None   # preset name, checkpoint path or a module
-    attention: Optional[str] = None         # None: the preset's (nystrom), or leave a module as it is
-    landmarks: Optional[int] = None
-    iters: Optional[int] = None
-    window: Optional[int] = None
-    device: str = "cpu"
-    workers: Optional[int] = None           # CPU: worker processes (0 = in this process; default 0)
-    threads_per_worker: Optional[int] = None
-    tile: Optional[int] = None              # 0 = whole frames; None: 512, video models 128 (x4) / 256
-    tile_overlap: Optional[int] = None      # None: 32, video models 20
-    clip_len: Optional[int] = None          # None: the model's (1 for per-frame models)
-    clip_overlap: Optional[int] = None      # None: 0, or clip_len // 4 for video models
-    sigma: Optional[float] = None           # noise level (0-255) for non-blind video denoisers
-    prefilter: Optional[str] = None         # None: the model's (info.prefilter); "none" or a name
-    fp16: bool = False
-    codec: Optional[str] = None             # None: libx264 (libvpx-vp9 for .webm)
-    crf: Optional[int] = None
-    preset: Optional[str] = None
-    compare: bool = False                   # side-by-side: input (resized) | result
-    keep_partial: bool = False
-    decoder: str = "pyav"
+    # -- model -----------------------------------------------------------------------------
+    task: Optional[str] = _option(
+        None, "model", "what to restore; picks the default model for it (video tasks: RVRT, downloaded "
+        "on first use, non-commercial licence)", choices=_tasks)
+    model: Union[str, os.PathLike, nn.Module, None] = _option(   # preset name, checkpoint path or a module
+        None, "model", spellings=(Spelling("--model", "NAME", "a model preset (see `nystra-stream models`)"),
+                                  Spelling("--weights", "PATH", "a checkpoint file (.pth, .safetensors)")))
+    attention: Optional[str] = _option(   # None: the preset's (nystrom), or leave a module as it is
+        None, "model", f"window-attention kernel (default: {RUN_DEFAULT.mode}, or the preset's own setting)",
+        choices=lambda: MODES)
+    landmarks: Optional[int] = _option(
+        None, "model", f"Nystrom landmarks per window (default {RUN_DEFAULT.landmarks})", metavar="M", minimum=1)
+    iters: Optional[int] = _option(
+        None, "model", f"pseudo-inverse iterations (default {RUN_DEFAULT.iters})", metavar="T", minimum=1)
+    window: Optional[int] = _option(
+        None, "model", "run the model at this attention window size", metavar="W", minimum=1)
+    sigma: Optional[float] = _option(   # noise level (0-255) for non-blind video denoisers
+        None, "model", "noise level on the 0-255 scale for --task video-denoise (required there), e.g. 25",
+        metavar="S")
+    prefilter: Optional[str] = _option(   # None: the model's (info.prefilter); "none" or a name
+        None, "model", "whole-frame step before the model (default: the preset's; --task deblur finds a "
+        "frame's motion blur and inverts it, motion-wiener); none turns it off",
+        choices=lambda: ("none",) + PREFILTERS)
+    # -- execution -------------------------------------------------------------------------
+    device: str = _option("cpu", "execution", "cpu or cuda (default: cpu)")
+    workers: Optional[int] = _option(   # CPU: worker processes (0 = in this process)
+        None, "execution", f"CPU worker processes; 0 runs the model in this process (default here "
+        f"{DEFAULT_WORKERS}: 2 with 2 or more cores, measured fastest on 2 cores)", metavar="N", minimum=0)
+    threads_per_worker: Optional[int] = _option(
+        None, "execution", "torch threads per worker (default: cores // workers, all cores for 0)",
+        metavar="N", minimum=1)
+    fp16: bool = _option(False, "execution", "half precision (CUDA only)")
+    tile: Optional[int] = _option(   # 0 = whole frames; None: 512, video models 128 (x4) / 256
+        None, "execution", f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE}; video models "
+        f"{_VIDEO_TILE} for x4, {DEFAULT_VIDEO_TILE_OTHER} otherwise); with a video model each clip is cut "
+        "into clip-len x PX x PX tiles, like RVRT's --tile T H W", metavar="PX")
+    tile_overlap: Optional[int] = _option(   # None: 32, video models 20
+        None, "execution", f"overlap between tiles (default {DEFAULT_TILE_OVERLAP}; video models "
+        f"{DEFAULT_VIDEO_TILE_OVERLAP})", metavar="PX")
+    clip_len: Optional[int] = _option(   # None: the model's (1 for per-frame models)
+        None, "execution", "frames a video model restores together (default: the model's, 16 for RVRT)",
+        metavar="N")
+    clip_overlap: Optional[int] = _option(   # None: 0, or clip_len // 4 for video models
+        None, "execution", "frames shared by consecutive clips, blended with linear ramps (default clip-len // 4)",
+        metavar="N")
+    decoder: str = _option("pyav", "execution", "file decoder (default pyav)", choices=lambda: DECODERS)
+    # -- output ----------------------------------------------------------------------------
+    codec: Optional[str] = _option(None, "output", "video encoder (default libx264; libvpx-vp9 for .webm)")
+    crf: Optional[int] = _option(None, "output", "encoder quality (codec default if unset)", metavar="Q")
+    preset: Optional[str] = _option(
+        None, "output", "encoder speed preset (x264 names work for every codec)", metavar="P")
+    compare: bool = _option(   # side-by-side: input (resized) | result
+        False, "output", "write a side-by-side video instead: input (resized) left, result right")
+    keep_partial: bool = _option(False, "output", "on failure or Ctrl-C keep a playable file of the frames done")
+    # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8
     cancel: Optional[threading.Event] = None  # set: stop as on Ctrl-C (KeyboardInterrupt)
 
 
+@dataclass(frozen=True)
+class OptionField:
+    """One user-facing option: its name, value type (``int``, ``float``, ``str``, ``bool``, or
+    ``object`` for ``model``), default and :class:`Flag`."""
+
+    name: str
+    type: type
+    default: Any
+    flag: Flag
+
+
+def _value_type(hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint in (int, float, str, bool):
+        return hint
+    if len(args) == 1 and args[0] in (int, float, str, bool):
+        return args[0]
+    return object
+
+
+def option_fields() -> List[OptionField]:
+    """The options users set (CLI flags, job-file keys), in ``--help`` order."""
+    hints = typing.get_type_hints(Options)
+    out = []
+    for f in fields(Options):
+        flag = f.metadata.get("flag")
+        if flag is not None:
+            default = f.default if f.default is not MISSING else None
+            out.append(OptionField(f.name, _value_type(hints[f.name]), default, flag))
+    return out
+
+
+def options_from_mapping(values: Mapping[str, Any]) -> Options:
+    """:class:`Options` from keyword arguments or a job file's keys (``tile_overlap`` or
+    ``tile-overlap``); an unknown name is a :class:`UsageError` with the closest known ones."""
+    known = {f.name for f in fields(Options)}
+    given: Dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise UsageError(f"unknown option {key!r}{hint}")
+        given[name] = value
+    return Options(**given)
+
 
 def check_options(opts: Options) -> None:
     """The checks that need neither the input nor the model."""
-    if opts.task is not None and opts.task not in zoo.TASKS:
-        raise UsageError(f"unknown task {opts.task!r} (choose from {', '.join(zoo.TASKS)})")
+    for option in option_fields():
+        value = getattr(opts, option.name)
+        if value is None:
+            continue
+        flag = option.flag
+        if flag.choices is not None and value not in flag.choices():
+            raise UsageError(f"unknown {option.name} {value!r} (choose from {', '.join(flag.choices())})")
+        if flag.minimum is not None and value < flag.minimum:
+            raise UsageError(f"{flag.flags(option.name)[0].flag} must be >= {flag.minimum:g}, got {value}")
     if opts.task is None and opts.model is None:
         raise UsageError(f"give a task ({', '.join(zoo.TASKS)}) or a model")
-    if opts.attention is not None and opts.attention not in ATTENTION_MODES:
-        raise UsageError(f"unknown attention {opts.attention!r} (choose from {', '.join(ATTENTION_MODES)})")
-    for name in ("landmarks", "iters", "window"):
-        value = getattr(opts, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be >= 1, got {value}")
-    if opts.workers is not None and opts.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {opts.workers}")
-    if opts.threads_per_worker is not None and opts.threads_per_worker < 1:
-        raise UsageError(f"--threads-per-worker must be >= 1, got {opts.threads_per_worker}")
     overlap = opts.clip_overlap or 0
     # What the user left out depends on the model (video or not): checked again once it is known.
     tile = opts.tile if opts.tile is not None else 0
     check_window_options(tile, opts.tile_overlap if opts.tile_overlap is not None else 0,
                          opts.clip_len or overlap + 1, overlap)
-    if opts.sigma is not None and not 0 <= opts.sigma <= 255:
-        raise UsageError(f"--sigma is a noise level on the 0-255 scale, got {opts.sigma:g}")
+    _check_noise_level(opts.sigma, needs=opts.sigma is not None, name="")   # its range
     if opts.task == "video-denoise" and opts.sigma is None:
         raise UsageError("--task video-denoise needs --sigma S, the noise level on the 0-255 scale (e.g. 25)")
     if opts.sigma is not None and opts.task is not None and opts.task != "video-denoise":
@@ -111,8 +234,6 @@ def check_options(opts: Options) -> None:
         raise UsageError("--fp16 needs --device cuda (half precision is slower than float32 on a CPU)")
     if device.type == "cuda" and (opts.workers or opts.threads_per_worker):
         raise UsageError("--workers and --threads-per-worker are for --device cpu (one GPU worker runs the model)")
-    if opts.prefilter is not None and opts.prefilter not in ("none",) + PREFILTERS:
-        raise UsageError(f"unknown prefilter {opts.prefilter!r} (choose from none, {', '.join(PREFILTERS)})")
     if isinstance(opts.model, nn.Module) and opts.window is not None:
         raise UsageError("window= applies to checkpoints and presets, not to a model object")
 
@@ -126,32 +247,35 @@ def check_encoder(opts: Options, output: str) -> None:
 
 def prepare_model(opts: Options) -> Tuple[nn.Module, str]:
     """The model to run and a name for it (raises CheckpointError for bad checkpoints)."""
-    from pipelines.attention import patch_attention
-    from pipelines.loading import load_model
-
     if isinstance(opts.model, nn.Module):
         model = opts.model.eval()
         if opts.attention is not None:
-            patch_attention(model, opts.attention, landmarks=opts.landmarks or 16, iters=opts.iters or 2)
+            patch_attention(model, RUN_DEFAULT.override(mode=opts.attention, landmarks=opts.landmarks,
+                                                        iters=opts.iters))
         return model, type(model).__name__
     target = zoo.resolve(opts.model) if opts.model is not None else zoo.default_preset(opts.task)
     if isinstance(target, zoo.Preset):
         check_preset_fits(target, opts)
-        model = zoo.load_preset(target.name, attention=opts.attention, landmarks=opts.landmarks,
-                                iters=opts.iters, window=opts.window)
-        return model, target.name
-    model = load_model(target, attention=opts.attention or "nystrom", landmarks=opts.landmarks or 16,
-                       iters=opts.iters or 2, window=opts.window)
-    return model, os.path.basename(str(target))
+        attention, name = opts.attention, target.name   # None: the preset's own settings
+    else:
+        attention, name = RUN_DEFAULT.override(mode=opts.attention), os.path.basename(str(target))
+    model = load_model(target, attention=attention, landmarks=opts.landmarks, iters=opts.iters, window=opts.window)
+    return model, name
+
+
+def _check_noise_level(sigma: Optional[float], needs: bool, name: str) -> None:
+    try:
+        check_noise_level(sigma, needs, name, option="--sigma")
+    except NoiseLevelError as err:
+        raise UsageError(str(err)) from None
 
 
 def check_preset_fits(preset: "zoo.Preset", opts: Options) -> None:
     """What a preset says about itself, checked before its checkpoint is downloaded or loaded."""
     if opts.task is not None and preset.task != opts.task:
         raise UsageError(f"model {preset.name} restores {preset.task}, not {opts.task}")
-    if preset.task == "video-denoise" and opts.sigma is None:
-        raise UsageError(f"{preset.name} is a non-blind denoiser: give the noise level with --sigma S "
-                         "(0-255 scale, e.g. 25)")
+    if opts.sigma is None:   # (a sigma it cannot take is reported once the model is known)
+        _check_noise_level(None, preset.task == "video-denoise", preset.name)
 
 
 def check_model_fits(info: ModelInfo, opts: Options, name: str = "this model") -> None:
@@ -163,11 +287,10 @@ def check_model_fits(info: ModelInfo, opts: Options, name: str = "this model") -
         raise UsageError(f"--task {task} needs a video model (e.g. RVRT); {name} restores single frames")
     if task is not None and info.task in VIDEO_TASKS and info.task != task:
         raise UsageError(f"{name} is a {info.task} model, not one for --task {task}")
-    if info.needs_sigma and opts.sigma is None:
-        raise UsageError(f"{name} is a non-blind denoiser: give the noise level with --sigma S "
-                         "(0-255 scale, e.g. 25)")
-    if opts.sigma is not None and not info.needs_sigma:
-        raise UsageError(f"--sigma is for models that take a noise level (video-denoise); {name} does not")
+    try:
+        info.check_sigma(opts.sigma, name, option="--sigma")
+    except NoiseLevelError as err:
+        raise UsageError(str(err)) from None
 
 
 def choose_prefilter(info: ModelInfo, opts: Options) -> Optional[str]:
@@ -180,7 +303,7 @@ def choose_prefilter(info: ModelInfo, opts: Options) -> Optional[str]:
     return None if opts.prefilter == "none" else opts.prefilter
 
 
-def make_worker(model: nn.Module, info: ModelInfo, opts: Options):
+def make_worker(model: nn.Module, info: ModelInfo, opts: Options) -> Worker:
     if torch.device(opts.device).type == "cuda":
         return DeviceWorker(model, device=opts.device, fp16=opts.fp16, sigma=opts.sigma)
     workers = DEFAULT_WORKERS if opts.workers is None else opts.workers

@@ -1,13 +1,15 @@
 """``streamer.run``: source -> cutter -> worker(s) -> stitcher -> sink, joined by bounded queues.
 
 (What comes before the first frame, the options, their checks, the model and the worker, is
-:mod:`streamer.options`.)
+:mod:`streamer.options`.) A :class:`Run` owns everything one run opens: the source, the model's
+worker, the sink, the stage threads and the timers; ``streamer.run`` is ``Run(...).execute()``.
 
 Threads (all daemon, so a stuck stage can never keep the process alive):
 
-- ``decode``: reads frames from the source and cuts them into work items (``work`` queue);
-- ``model``: a :class:`~streamer.workers.DeviceWorker` or :class:`~streamer.pool.CpuPool`
-  turns work items into results, in index order (``results`` queue);
+- ``decode`` (:class:`DecodeStage`): reads frames from the source and cuts them into work
+  items (``work`` queue);
+- ``model`` (:class:`ModelStage`): a :class:`~streamer.workers.Worker` turns work items into
+  results, in index order (``results`` queue);
 - the caller's thread stitches results into frames and encodes them (and watches the others).
 
 Every queue is bounded, so a slow stage slows the ones before it and memory stays flat
@@ -17,11 +19,12 @@ test's ``--tile T H W``); their queues hold a couple of items rather than ``queu
 :func:`~streamer.windows.queue_items`), so what is in flight stays a few clips
 (``Stats.peak_frames_held`` records it).
 
-The first error in any stage sets a stop flag every loop checks (at least every 50 ms); the
-caller's thread then tears everything down (worker processes terminated, sink aborted: nothing
-left under the output name, or with ``keep_partial`` a playable file of the frames written) and
-re-raises that first error. Ctrl-C arrives in the caller's thread as ``KeyboardInterrupt`` and
-takes the same path.
+The first error in any stage sets a stop flag every loop checks (at least every 50 ms,
+:mod:`streamer.flow`); the caller's thread then tears everything down (worker processes
+terminated, sink aborted: nothing left under the output name, or with ``keep_partial`` a
+playable file of the frames written) and re-raises that first error. Ctrl-C arrives in the
+caller's thread as ``KeyboardInterrupt`` and takes the same path. Either way ``Run.stats``
+says what was done.
 """
 from __future__ import annotations
 
@@ -37,16 +40,19 @@ import torch
 
 from pipelines.deconvolution import make_prefilter
 from pipelines.restorer import describe_model
-from pipelines.models.base import ModelInfo
 
 from .encoding import EncoderSettings
+from .flow import Stopped, get, put
 from .frames import Frame
 from .options import (Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
-                      prepare_model)
+                      options_from_mapping, prepare_model)
+from .process_env import peak_rss_bytes
 from .sinks import VideoSink, check_output_path
-from .sources import open_source
+from .sources import VideoSource, open_source
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
-from .workers import Stopped, peak_rss_bytes
+from .workers import Worker
+
+STAGES = ("decode", "cut", "model", "stitch", "encode")
 
 
 @dataclass
@@ -90,203 +96,259 @@ class Stats:
                 f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
 
 
-# -- running -------------------------------------------------------------------------------
-
-
-class _Shared:
-    """State the stages share: the stop flag, the first error, timings."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.error: Optional[BaseException] = None
-        self._lock = threading.Lock()
-        self.seconds: Dict[str, float] = {"decode": 0.0, "cut": 0.0, "model": 0.0, "stitch": 0.0, "encode": 0.0}
-        self.decoded_at: Dict[int, float] = {}
-        self.frames_in = 0
-        self.frames_out = 0      # written by the caller's thread
-        self.peak_held = 0       # most frames decoded and not yet written (read racily: an upper bound)
-
-    def fail(self, err: BaseException) -> None:
-        with self._lock:
-            if self.error is None and not isinstance(err, Stopped):
-                self.error = err
-        self.stop.set()
-
-    def put(self, q: "queue.Queue", item) -> None:
-        while True:
-            if self.stop.is_set():
-                raise Stopped()
-            try:
-                q.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                pass
-
-
-def _decode_stage(source, cutter: Cutter, work: "queue.Queue", shared: _Shared) -> None:
-    try:
-        frames = iter(source)
-        while True:
-            t0 = time.perf_counter()
-            frame = next(frames, None)
-            t1 = time.perf_counter()
-            shared.seconds["decode"] += t1 - t0
-            if frame is None:
-                break
-            shared.decoded_at[frame.index] = time.monotonic()
-            shared.frames_in += 1
-            shared.peak_held = max(shared.peak_held, shared.frames_in - shared.frames_out)
-            items = cutter.push(frame)
-            shared.seconds["cut"] += time.perf_counter() - t1
-            for item in items:
-                shared.put(work, item)
-        for item in cutter.finish():
-            shared.put(work, item)
-        shared.put(work, None)
-    except BaseException as err:
-        shared.fail(err)
-
-
-def _model_stage(worker, work: "queue.Queue", results: "queue.Queue", shared: _Shared) -> None:
-    try:
-        worker.run(work, lambda result: shared.put(results, result), shared.stop)
-        shared.put(results, None)
-    except BaseException as err:
-        shared.fail(err)
-
-
 def run(input: str, output: str, **options) -> Stats:
     """Restore the video ``input`` into ``output``; see :class:`Options` for the options.
 
     Raises :class:`UsageError` (bad input/options), ``CheckpointError`` (bad model file),
     :class:`ProcessingError` or the first error of any stage; ``KeyboardInterrupt`` passes
     through after cleaning up. Nothing is left under ``output`` unless the run completed
-    (or ``keep_partial`` kept the frames done).
+    (or ``keep_partial`` kept the frames done). For the stats of a failed run, use
+    :class:`Run` (its ``stats`` are kept whatever happens).
     """
-    opts = Options(**options)
-    input, output = os.fspath(input), os.fspath(output)
-    check_options(opts)
-    stats = Stats(input=input, output=output)
-    source = open_source(input, decoder=opts.decoder)
-    streaming = False
-    try:
-        check_output_path(output, input_path=input)
-        check_encoder(opts, output)
-        model, stats.model = prepare_model(opts)
-        info = describe_model(model)
-        check_model_fits(info, opts, stats.model)
-        windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
-        windows = whole_frames_if_they_fit(windows, opts.tile, source.info.width, source.info.height)
-        prefilter = make_prefilter(choose_prefilter(info, opts), device=opts.device)
-        stats.prefilter = getattr(prefilter, "name", None)
-        cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap, info.scale,
-                        prefilter=prefilter)
-        worker = make_worker(model, info, opts)
-        stats.worker = worker.description
-        streaming = True
-        _stream(source, cutter, worker, info, opts, stats, output)
-    except BaseException as err:
+    return Run(input, output, options_from_mapping(options)).execute()
+
+
+# -- the state the stages share ----------------------------------------------------------------
+
+
+class RunState:
+    """The stop flag, the first error, per-stage timers and frame counts, shared by the stages."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._lock = threading.Lock()
+        self.seconds: Dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.decoded_at: Dict[int, float] = {}   # frame index -> when it was decoded
+        self.frames_in = 0
+        self.frames_out = 0      # written by the caller's thread
+        self.peak_held = 0       # most frames decoded and not yet written (read racily: an upper bound)
+
+    def fail(self, err: BaseException) -> None:
+        """Record ``err`` if it is the first error, and stop every stage."""
+        with self._lock:
+            if self.error is None and not isinstance(err, Stopped):
+                self.error = err
+        self.stop.set()
+
+
+class DecodeStage:
+    """Frames from the source, cut into work items, onto the ``work`` queue (``None`` ends it)."""
+
+    def __init__(self, source: VideoSource, cutter: Cutter, work: "queue.Queue", state: RunState) -> None:
+        self.source, self.cutter, self.work, self.state = source, cutter, work, state
+
+    def __call__(self) -> None:
+        state = self.state
         try:
-            err.stats = stats  # type: ignore[attr-defined]  # for --stats after a failure
-        except Exception:
-            pass
-        raise
-    finally:
-        if not streaming:
-            source.close()   # _stream closes it itself
-    return stats
+            frames = iter(self.source)
+            while True:
+                t0 = time.perf_counter()
+                frame = next(frames, None)
+                t1 = time.perf_counter()
+                state.seconds["decode"] += t1 - t0
+                if frame is None:
+                    break
+                state.decoded_at[frame.index] = time.monotonic()
+                state.frames_in += 1
+                state.peak_held = max(state.peak_held, state.frames_in - state.frames_out)
+                items = self.cutter.push(frame)
+                state.seconds["cut"] += time.perf_counter() - t1
+                for item in items:
+                    put(self.work, item, state.stop)
+            for item in self.cutter.finish():
+                put(self.work, item, state.stop)
+            put(self.work, None, state.stop)
+        except BaseException as err:
+            state.fail(err)
 
 
-def _stream(source, cutter: Cutter, worker, info: ModelInfo, opts: Options, stats: Stats, output: str) -> None:
-    scale = info.scale
-    out_w, out_h = source.info.width * scale, source.info.height * scale
-    settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset)
-    shared = _Shared()
-    capacity = queue_items(opts.queue_size, cutter.windower.clip_len)
-    work: "queue.Queue" = queue.Queue(maxsize=capacity)
-    results: "queue.Queue" = queue.Queue(maxsize=capacity)
-    latencies: List[float] = []
-    started = time.monotonic()
-    first_out: Optional[float] = None
-    threads: List[threading.Thread] = []
-    sink: Optional[VideoSink] = None
-    completed = False
-    try:
-        worker.start()   # worker processes load the model while the sink opens and frames decode
-        sink = VideoSink(output, source.info, out_w * (2 if opts.compare else 1), out_h, settings,
-                         streams_from=source.path)
-        threads = [
-            threading.Thread(target=_decode_stage, args=(source, cutter, work, shared), name="decode", daemon=True),
-            threading.Thread(target=_model_stage, args=(worker, work, results, shared), name="model", daemon=True),
+class ModelStage:
+    """Work items through the worker, results onto the ``results`` queue (``None`` ends it)."""
+
+    def __init__(self, worker: Worker, work: "queue.Queue", results: "queue.Queue", state: RunState) -> None:
+        self.worker, self.work, self.results, self.state = worker, work, results, state
+
+    def __call__(self) -> None:
+        stop = self.state.stop
+        try:
+            self.worker.run(self.work, lambda result: put(self.results, result, stop), stop)
+            put(self.results, None, stop)
+        except BaseException as err:
+            self.state.fail(err)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class Run:
+    """One run of ``input`` into ``output``: a context manager that owns what the run opens.
+
+    :meth:`execute` (or, by hand, ``with run: run.prepare(); run.stream()``) checks
+    everything that can be checked before the first frame (options, input, output, encoder,
+    model), then streams. Leaving the ``with`` block tears down whatever is still open:
+    threads stopped, workers terminated, an unfinished sink aborted, the source closed.
+    :attr:`stats` holds what was done, whether the run completed or failed.
+    """
+
+    def __init__(self, input: str, output: str, options: Optional[Options] = None) -> None:
+        self.input, self.output = os.fspath(input), os.fspath(output)
+        self.opts = options or Options()
+        self.stats = Stats(input=self.input, output=self.output)
+        self.state = RunState()
+        self.source: Optional[VideoSource] = None
+        self.worker: Optional[Worker] = None
+        self.cutter: Optional[Cutter] = None
+        self.sink: Optional[VideoSink] = None
+        self.scale = 1
+        self._threads: List[threading.Thread] = []
+        self._latencies: List[float] = []
+        self._started: Optional[float] = None
+        self._first_out: Optional[float] = None
+
+    def execute(self) -> Stats:
+        with self:
+            self.prepare()
+            self.stream()
+        return self.stats
+
+    # -- before the first frame ------------------------------------------------------------
+
+    def prepare(self) -> None:
+        opts = self.opts
+        check_options(opts)
+        self.source = open_source(self.input, decoder=opts.decoder)
+        check_output_path(self.output, input_path=self.input)
+        check_encoder(opts, self.output)
+        model, self.stats.model = prepare_model(opts)
+        info = describe_model(model)
+        check_model_fits(info, opts, self.stats.model)
+        info_in = self.source.info
+        windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
+        windows = whole_frames_if_they_fit(windows, opts.tile, info_in.width, info_in.height)
+        prefilter = make_prefilter(choose_prefilter(info, opts), device=opts.device)
+        self.stats.prefilter = getattr(prefilter, "name", None)
+        self.cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap,
+                             info.scale, prefilter=prefilter)
+        self.scale = info.scale
+        self.worker = make_worker(model, info, opts)
+        self.stats.worker = self.worker.description
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def stream(self) -> None:
+        """Frames through every stage; returns once the sink is finalised."""
+        assert self.source is not None and self.worker is not None and self.cutter is not None, "prepare() first"
+        opts, state, source = self.opts, self.state, self.source
+        capacity = queue_items(opts.queue_size, self.cutter.windower.clip_len)
+        work: "queue.Queue" = queue.Queue(maxsize=capacity)
+        results: "queue.Queue" = queue.Queue(maxsize=capacity)
+        self._started = time.monotonic()
+        self.worker.start()   # worker processes load the model while the sink opens and frames decode
+        width, height = source.info.width * self.scale, source.info.height * self.scale
+        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset)
+        self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
+                              streams_from=source.path)
+        self._threads = [
+            threading.Thread(target=DecodeStage(source, self.cutter, work, state), name="decode", daemon=True),
+            threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),
         ]
-        for thread in threads:
+        for thread in self._threads:
             thread.start()
+        try:
+            self._write(results)
+        except Stopped:
+            pass
+        if state.error is not None:
+            raise state.error
+        self.worker.close()
+        self.sink.close()
+        self.stats.completed = True
+
+    def _write(self, results: "queue.Queue") -> None:
+        """Stitch results into frames and encode them, until the end of the stream."""
+        opts, state, sink = self.opts, self.state, self.sink
         stitcher: Optional[Stitcher] = None
-        total = source.info.frames
+        total = self.source.info.frames
         while True:
-            try:
-                result = _get_result(results, shared, opts.cancel)
-            except Stopped:
-                break
+            result = get(results, state.stop, interrupt=opts.cancel)
             t0 = time.perf_counter()
             if result is None:
                 pairs = stitcher.finish() if stitcher is not None else []
             else:
                 if stitcher is None:
-                    stitcher = Stitcher(cutter.layout)
+                    stitcher = Stitcher(self.cutter.layout)
                 pairs = stitcher.add(result)
             t1 = time.perf_counter()
-            shared.seconds["stitch"] += t1 - t0
+            state.seconds["stitch"] += t1 - t0
             for original, restored in pairs:
                 if opts.compare:
                     restored = _side_by_side(original, restored)
                 sink.write(restored)
                 done_at = time.monotonic()
-                if first_out is None:
-                    first_out = done_at
-                latencies.append(done_at - shared.decoded_at.pop(original.index, done_at))
-                stats.frames_out += 1
-                shared.frames_out = stats.frames_out
+                if self._first_out is None:
+                    self._first_out = done_at
+                self._latencies.append(done_at - state.decoded_at.pop(original.index, done_at))
+                self.stats.frames_out += 1
+                state.frames_out = self.stats.frames_out
                 if opts.progress is not None:
-                    opts.progress(stats.frames_out, total)
-            shared.seconds["encode"] += time.perf_counter() - t1
+                    opts.progress(self.stats.frames_out, total)
+            state.seconds["encode"] += time.perf_counter() - t1
             if result is None:
-                break
-        if shared.error is not None:
-            raise shared.error
-        worker.close()
-        sink.close()
-        completed = True
-    except BaseException as err:
-        shared.fail(err)
-        raise shared.error if shared.error is not None and not isinstance(err, KeyboardInterrupt) else err
-    finally:
-        shared.stop.set()
-        if not completed:
-            worker.terminate()
-            if sink is not None:
-                stats.kept_partial = sink.abort(keep_partial=opts.keep_partial)
+                return
+
+    # -- tearing down ------------------------------------------------------------------------
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        state = self.state
+        if exc is not None:
+            state.fail(exc)
+        state.stop.set()
+        if not self.stats.completed:
+            if self.worker is not None:
+                self.worker.terminate()
+            if self.sink is not None:
+                self.stats.kept_partial = self.sink.abort(keep_partial=self.opts.keep_partial)
         deadline = time.monotonic() + 1.0
-        for thread in threads:
+        for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        _finish_stats(stats, shared, worker, latencies, started, first_out, completed, cutter.prefilter)
+        if self._started is not None:
+            self._finish_stats()
         # Closing the container under a decode thread still inside FFmpeg could crash; such
         # a thread is a daemon and the caller is about to get an error anyway.
-        if not (threads and threads[0].is_alive()):
-            source.close()
+        if self.source is not None and not (self._threads and self._threads[0].is_alive()):
+            self.source.close()
+        if exc is not None and state.error is not None and state.error is not exc \
+                and not isinstance(exc, KeyboardInterrupt):
+            raise state.error   # the first error of any stage, not what it caused here
+        return False
 
-
-def _get_result(results: "queue.Queue", shared: _Shared, cancel: Optional[threading.Event]):
-    while True:
-        if shared.stop.is_set():
-            raise Stopped()
-        if cancel is not None and cancel.is_set():
-            # The caller's Ctrl-C, whose KeyboardInterrupt some library may have swallowed.
-            raise KeyboardInterrupt()
-        try:
-            return results.get(timeout=0.05)
-        except queue.Empty:
-            pass
+    def _finish_stats(self) -> None:
+        stats, state = self.stats, self.state
+        ended = time.monotonic()
+        stats.frames_in = state.frames_in
+        stats.seconds = ended - self._started
+        stats.fps = stats.frames_out / stats.seconds if stats.seconds > 0 else 0.0
+        if self._first_out is not None:
+            stats.startup_seconds = self._first_out - self._started
+            if stats.frames_out > 1 and ended > self._first_out:
+                stats.fps_steady = (stats.frames_out - 1) / (ended - self._first_out)
+        counters = self.worker.counters
+        state.seconds["model"] = counters.busy_seconds
+        stats.stage_seconds = {k: round(v, 4) for k, v in state.seconds.items()}
+        stats.peak_rss_mb = peak_rss_bytes() / 2**20
+        stats.peak_frames_held = state.peak_held
+        stats.workers_peak_rss_mb = counters.peak_rss_bytes / 2**20
+        stats.worker_restarts = counters.restarts
+        stats.attention_fallbacks = counters.attention_fallbacks
+        stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
+        if self._latencies:
+            ms = np.asarray(self._latencies) * 1000
+            stats.latency_ms_p50 = float(np.percentile(ms, 50))
+            stats.latency_ms_p95 = float(np.percentile(ms, 95))
 
 
 def _side_by_side(original: Frame, restored: Frame) -> Frame:
@@ -299,28 +361,3 @@ def _side_by_side(original: Frame, restored: Frame) -> Frame:
         left = x[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
     image = np.concatenate([left, restored.image], axis=1)
     return Frame(index=restored.index, pts=restored.pts, time_base=restored.time_base, image=image)
-
-
-def _finish_stats(stats: Stats, shared: _Shared, worker, latencies: List[float], started: float,
-                  first_out: Optional[float], completed: bool, prefilter=None) -> None:
-    ended = time.monotonic()
-    stats.completed = completed
-    stats.frames_in = shared.frames_in
-    stats.seconds = ended - started
-    stats.fps = stats.frames_out / stats.seconds if stats.seconds > 0 else 0.0
-    if first_out is not None:
-        stats.startup_seconds = first_out - started
-        if stats.frames_out > 1 and ended > first_out:
-            stats.fps_steady = (stats.frames_out - 1) / (ended - first_out)
-    shared.seconds["model"] = worker.busy_seconds
-    stats.stage_seconds = {k: round(v, 4) for k, v in shared.seconds.items()}
-    stats.peak_rss_mb = peak_rss_bytes() / 2**20
-    stats.peak_frames_held = shared.peak_held
-    stats.workers_peak_rss_mb = getattr(worker, "peak_rss_bytes", 0) / 2**20
-    stats.worker_restarts = worker.restarts
-    stats.attention_fallbacks = getattr(worker, "attention_fallbacks", 0)
-    stats.frames_deconvolved = getattr(prefilter, "deconvolved", 0)
-    if latencies:
-        ms = np.asarray(latencies) * 1000
-        stats.latency_ms_p50 = float(np.percentile(ms, 50))
-        stats.latency_ms_p95 = float(np.percentile(ms, 95))

@@ -31,13 +31,14 @@ import torch.multiprocessing as torch_mp
 from torch import nn
 
 from pipelines.attention.guard import fallback_count
-from pipelines.restorer import Restorer, check_sigma, describe_model
+from pipelines.restorer import Restorer, describe_model
 from pipelines.runtime import configure_allocator
 
 from .errors import ProcessingError
+from .flow import POLL_S, Stopped, WorkItemError, get, one_line
+from .process_env import cpu_cores, passive_openmp_env, peak_rss_bytes
 from .windows import WorkItem, WorkResult
-from .workers import (POLL_S, Emit, Stopped, WorkItemError, _get, _one_line, cpu_cores, passive_openmp_env,
-                      peak_rss_bytes)
+from .workers import Emit, WorkerCounters
 
 
 def _die_with_parent(parent: int) -> None:
@@ -165,7 +166,7 @@ class _Process:
             conn.close()
 
 
-class CpuPool:
+class CpuPool:   # implements streamer.workers.Worker
     """N worker processes on the CPU; items dispatched to free slots, results reordered."""
 
     def __init__(self, model: nn.Module, workers: int, threads_per_worker: Optional[int] = None,
@@ -174,7 +175,7 @@ class CpuPool:
         if workers < 1:
             raise ValueError("a CPU pool needs at least one worker")
         info = describe_model(model)
-        check_sigma(info, sigma)   # here, not first in every worker process
+        info.check_sigma(sigma)   # here, not first in every worker process
         self.model = model
         self.sigma = sigma
         self.workers = workers
@@ -182,10 +183,7 @@ class CpuPool:
         self.depth = depth
         self.max_retries = max_retries
         self.scale = scale if scale is not None else info.scale
-        self.restarts = 0
-        self.busy_seconds = 0.0
-        self.attention_fallbacks = 0  # window-heads where Nyström broke down (pipelines.attention.guard)
-        self.peak_rss_bytes = 0
+        self.counters = WorkerCounters()
         self._ctx = torch_mp.get_context("spawn")
         self._procs: List[_Process] = []
         self._next_id = 0
@@ -216,7 +214,7 @@ class CpuPool:
                 if message[0] == "ready":
                     proc.ready = True
                 elif message[0] == "fatal":
-                    raise ProcessingError(f"worker process could not start: {_one_line(message[2])}")
+                    raise ProcessingError(f"worker process could not start: {one_line(message[2])}")
 
     def close(self) -> None:
         """Stop the workers politely (they finish nothing new), then for sure."""
@@ -269,7 +267,7 @@ class CpuPool:
                     break
                 else:
                     try:
-                        item = _get(inbox, stop, timeout=0 if items else POLL_S)
+                        item = get(inbox, stop, timeout=0 if items else POLL_S)
                     except queue.Empty:
                         break
                     if item is None:
@@ -290,15 +288,15 @@ class CpuPool:
                     proc.ready = True
                 elif kind == "fatal":
                     raise ProcessingError(f"worker process could not start: {type(payload).__name__}: "
-                                          f"{_one_line(payload)}") from payload
+                                          f"{one_line(payload)}") from payload
                 elif kind == "error":
                     failed[index] = (payload, extra)
                     self._release(proc, index)
                 elif kind == "ok":
                     finished[index] = self._collect(proc, index, payload)
                     seconds, fallbacks = extra
-                    self.busy_seconds += seconds
-                    self.attention_fallbacks += fallbacks
+                    self.counters.busy_seconds += seconds
+                    self.counters.attention_fallbacks += fallbacks
             while next_emit in finished or next_emit in failed:
                 if next_emit in failed:
                     payload, extra = failed[next_emit]
@@ -404,8 +402,8 @@ class CpuPool:
             if self._deaths[suspect] > self.max_retries:
                 raise WorkItemError(items[suspect], ProcessingError(
                     f"worker process died ({how}) {self._deaths[suspect]} times on this item"))
-        self.restarts += 1
-        if self.restarts > self.workers + 4 * self.max_retries + 10:
+        self.counters.restarts += 1
+        if self.counters.restarts > self.workers + 4 * self.max_retries + 10:
             raise ProcessingError(f"worker processes keep dying (last: {how})")
         self._spawn()
         return [items[index] for index in lost]
@@ -428,7 +426,7 @@ class CpuPool:
             while proc.results.poll():
                 kind, _, payload, _ = proc.results.recv()
                 if kind == "bye":
-                    self.peak_rss_bytes = max(self.peak_rss_bytes, int(payload))
+                    self.counters.peak_rss_bytes = max(self.counters.peak_rss_bytes, int(payload))
         except (EOFError, OSError):
             pass
 

@@ -14,8 +14,9 @@
 - :func:`window_settings` fills in what the user left out (video models: the official RVRT test's
   tiles, the model's clip length); :func:`queue_items` sizes the queues between stages.
 
-Clip starts are the official RVRT test's (``range(0, T - clip_len, clip_len - overlap)`` plus
-``T - clip_len``), and a clip of a video model times a spatial tile is its ``--tile T H W``.
+Where clips start and how they blend is :mod:`pipelines.clips` (the official RVRT test's clip
+starts, linear ramps), shared with ``Restorer.restore_video``; a clip of a video model times a
+spatial tile is the official test's ``--tile T H W``.
 
 Padding to the model's window multiple happens per tile in :class:`pipelines.restorer.Restorer`
 (every tile is padded at its bottom/right and cropped back), so tiles here are plain boxes.
@@ -23,13 +24,14 @@ Padding to the model's window multiple happens per tile in :class:`pipelines.res
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
 from pipelines import tiling
+from pipelines.clips import ClipBlender, ClipSchedule, ClipSpan, to_uint8
 from pipelines.models.base import ModelInfo
 from pipelines.tiling import Box
 
@@ -123,39 +125,28 @@ def queue_items(queue_size: int, clip_len: int) -> int:
 
 
 class ClipWindower:
-    """Frames in, clips out (streaming: memory holds at most one clip of frames)."""
+    """Frames in, clips out (streaming: memory holds at most one clip of frames); where clips
+    start is :class:`pipelines.clips.ClipSchedule`'s rule."""
 
     def __init__(self, clip_len: int = 1, clip_overlap: int = 0) -> None:
-        if clip_len < 1 or not 0 <= clip_overlap < clip_len:
-            raise ValueError(f"bad clip settings: len {clip_len}, overlap {clip_overlap}")
+        self.schedule = ClipSchedule(clip_len, clip_overlap)
         self.clip_len = clip_len
         self.clip_overlap = clip_overlap
         self._recent: Deque[Frame] = deque(maxlen=clip_len)  # the last clip_len frames seen
-        self._fresh = 0          # frames seen since the last clip's end
-        self._last_end: Optional[int] = None   # index after the last emitted clip
 
     def push(self, frame: Frame) -> Optional[Clip]:
         self._recent.append(frame)
-        self._fresh += 1
-        first_clip = self._last_end is None
-        needed = self.clip_len if first_clip else self.clip_len - self.clip_overlap
-        if self._fresh < needed:
-            return None
-        return self._emit()
+        return self._clip(self.schedule.push())
 
     def finish(self) -> Optional[Clip]:
         """The last clip, aligned to the end of the stream, if frames are left over."""
-        if self._fresh == 0:
-            return None
-        return self._emit()
+        return self._clip(self.schedule.finish())
 
-    def _emit(self) -> Clip:
-        frames = list(self._recent)
-        start = frames[0].index
-        overlap = 0 if self._last_end is None else max(0, self._last_end - start)
-        self._last_end = frames[-1].index + 1
-        self._fresh = 0
-        return Clip(frames=frames, start=start, overlap=overlap)
+    def _clip(self, span: Optional[ClipSpan]) -> Optional[Clip]:
+        if span is None:
+            return None
+        frames = list(self._recent)[-len(span):]
+        return Clip(frames=frames, start=frames[0].index, overlap=span.overlap)
 
 
 class TileLayout:
@@ -241,10 +232,9 @@ class Stitcher:
         self._tiles_seen = 0
         self._canvas: Optional[np.ndarray] = None   # float32 accumulator of the current clip
         self._single: Optional[np.ndarray] = None  # the one tile when the layout has one
-        # Temporal blending: the finished previous clip waits until the next clip says how
-        # many frames they share; partial sums of frames still open wait in _open.
-        self._held: Optional[Tuple[Clip, np.ndarray]] = None
-        self._open: "OrderedDict[int, List]" = OrderedDict()  # index -> [source, sum, weight]
+        # Temporal blending (pipelines.clips): a finished clip waits there until the next one
+        # says how many frames they share.
+        self._blender: ClipBlender[Frame] = ClipBlender()
         self._next_index = 0
 
     def add(self, result: WorkResult) -> List[Tuple[Frame, Frame]]:
@@ -267,13 +257,7 @@ class Stitcher:
         """Flush what is held at the end of the stream."""
         if self._clip is not None:
             raise ProcessingError(f"stream ended with clip {self._clip_id} incomplete")
-        out: List[Tuple[Frame, Frame]] = []
-        if self._held is not None:
-            clip, restored = self._held
-            self._held = None
-            self._accumulate(clip, restored, trail=0)
-            out = self._release(before=None)
-        return out
+        return [(source, _restored_frame(source, image)) for source, image in self._blender.finish()]
 
     # -- spatial -------------------------------------------------------------------------
 
@@ -295,7 +279,7 @@ class Stitcher:
 
     def _finish_clip(self) -> np.ndarray:
         if self._canvas is not None:
-            restored = _to_uint8(self._canvas)
+            restored = to_uint8(self._canvas)
         else:
             restored = self._single
         self._clip, self._clip_id, self._canvas, self._single = None, None, None, None
@@ -304,42 +288,8 @@ class Stitcher:
     # -- temporal ------------------------------------------------------------------------
 
     def _blend_clip(self, clip: Clip, restored: np.ndarray) -> List[Tuple[Frame, Frame]]:
-        if len(clip.frames) == 1 and self._held is None and not self._open and clip.overlap == 0:
-            # Per-frame models: nothing to blend, emit at once (no added latency).
-            return [(clip.frames[0], _restored_frame(clip.frames[0], restored[0]))]
-        out: List[Tuple[Frame, Frame]] = []
-        if self._held is not None:
-            prev, prev_restored = self._held
-            prev_end = prev.frames[-1].index + 1
-            self._accumulate(prev, prev_restored, trail=max(0, prev_end - clip.start))
-            out = self._release(before=clip.start)
-        self._held = (clip, restored)
-        return out
-
-    def _accumulate(self, clip: Clip, restored: np.ndarray, trail: int) -> None:
-        n = len(clip.frames)
-        weights = tiling.ramp(n, min(clip.overlap, n), min(trail, n))
-        for frame, image, w in zip(clip.frames, restored, weights):
-            entry = self._open.get(frame.index)
-            if entry is None:
-                self._open[frame.index] = [frame, image.astype(np.float32) * w, float(w)]
-            else:
-                entry[1] += image * w
-                entry[2] += float(w)
-
-    def _release(self, before: Optional[int]) -> List[Tuple[Frame, Frame]]:
-        out = []
-        while self._open:
-            index = next(iter(self._open))
-            if before is not None and index >= before:
-                break
-            source, total, weight = self._open.popitem(last=False)[1]
-            out.append((source, _restored_frame(source, _to_uint8(total / weight))))
-        return out
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        span = ClipSpan(clip.start, clip.start + len(clip.frames), clip.overlap)
+        return [(source, _restored_frame(source, image)) for source, image in self._blender.add(span, restored, clip.frames)]
 
 
 def _restored_frame(source: Frame, image: np.ndarray) -> Frame:

@@ -1,4 +1,5 @@
-"""Workers: where the model runs.
+"""Workers: where the model runs. The :class:`Worker` protocol is what the pipeline relies
+on; every worker counts what it did in one :class:`WorkerCounters`.
 
 Both kinds take :class:`~streamer.windows.WorkItem` s from a queue and hand
 :class:`~streamer.windows.WorkResult` s, in index order, to an ``emit`` callback. An item is a
@@ -9,22 +10,20 @@ video model restores together (:class:`~pipelines.restorer.Restorer` feeds it as
   any torch device. On CUDA it stages bytes in pinned host buffers, copies with
   ``non_blocking=True`` and keeps two items in flight, so the CPU threads that decode and
   encode overlap the GPU's work; on CPU the same code runs synchronously.
-- :class:`~streamer.pool.CpuPool` (in :mod:`streamer.pool`) runs N worker processes (spawned: no fork after torch/OpenMP started
-  threads), each with ``cores // N`` torch threads and its own copy of the model (parameters
+- :class:`~streamer.pool.CpuPool` (in :mod:`streamer.pool`, which builds on this module) runs
+  N worker processes (spawned: no fork after torch/OpenMP started threads), each with ``cores // N`` torch threads and its own copy of the model (parameters
   shared read-only through shared memory). Tiles travel through per-worker shared-memory
   slots; only small messages go through pipes, one pair per worker, so a worker that dies
   cannot leave a shared lock held. A dead worker is replaced and its items are retried.
 """
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 import torch
 from torch import nn
@@ -32,83 +31,44 @@ from torch import nn
 from pipelines.attention.guard import fallback_count
 from pipelines.restorer import Restorer
 
-from .errors import ProcessingError
+from .flow import WorkItemError, get
 from .windows import WorkItem, WorkResult
 
 Emit = Callable[[WorkResult], None]
-POLL_S = 0.05  # how often blocked loops look at the stop flag
 
 
-class Stopped(Exception):
-    """Raised inside a stage when the pipeline was told to stop (not an error of its own)."""
+@dataclass
+class WorkerCounters:
+    """What a worker counts while it runs (the run's stats read them, whatever the worker)."""
+
+    busy_seconds: float = 0.0      # running the model (summed over worker processes)
+    restarts: int = 0              # worker processes replaced after dying
+    attention_fallbacks: int = 0   # window-heads where Nyström broke down and exact ran
+    peak_rss_bytes: int = 0        # largest worker process; 0 for an in-process worker
 
 
-class WorkItemError(ProcessingError):
-    """A work item failed; ``str()`` is one line naming the item and the original error."""
+class Worker(Protocol):
+    """Where the model runs: :class:`DeviceWorker` (this process, CPU or CUDA) and
+    :class:`~streamer.pool.CpuPool` (worker processes)."""
 
-    def __init__(self, item: WorkItem, cause: BaseException, remote_traceback: str = "") -> None:
-        frames = [f.index for f in item.clip.frames]
-        where = f"frame {frames[0]}" if len(frames) == 1 else f"frames {frames[0]}-{frames[-1]}"
-        super().__init__(f"processing {where} (work item {item.index}) failed: "
-                         f"{type(cause).__name__}: {_one_line(cause)}")
-        self.index = item.index
-        self.cause = cause
-        self.remote_traceback = remote_traceback
+    counters: WorkerCounters
 
+    @property
+    def description(self) -> str:
+        """One line for the summary: where and how the model runs."""
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    def start(self) -> None:
+        """Get ready (start processes); may return before they are."""
 
+    def run(self, inbox: "queue.Queue[Optional[WorkItem]]", emit: Emit, stop: threading.Event) -> None:
+        """Turn items from ``inbox`` into results, handed to ``emit`` in index order, until
+        ``None``; raise :class:`~streamer.flow.Stopped` once ``stop`` is set."""
 
-def passive_openmp_env(environ) -> Dict[str, str]:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets a wait policy.
+    def close(self) -> None:
+        """Finish politely after a complete run (collects final counters)."""
 
-    With the default (active) policy, OpenMP threads spin at every barrier; when other
-    processes keep the cores busy, a team waits for a descheduled member at each of the
-    thousands of barriers in a forward pass. On the 2-core target machine under load, a
-    2-thread worker process ran 20x slower than with passive waiting (benchmarks/pipeline.py,
-    docs in its report); single-thread workers have no team and are not affected."""
-    if any(key in environ for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
-        return {}
-    return {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory. On Linux VmHWM, because ``ru_maxrss`` survives
-    exec: a process started by fork+exec reports at least its parent's size at the fork."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _get(inbox: "queue.Queue", stop: threading.Event, timeout: Optional[float] = None):
-    """``inbox.get`` that gives up with :class:`Stopped` when ``stop`` is set; with
-    ``timeout`` it raises ``queue.Empty`` after that long."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if stop.is_set():
-            raise Stopped()
-        wait_s = POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
-        try:
-            return inbox.get(timeout=wait_s)
-        except queue.Empty:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
+    def terminate(self) -> None:
+        """Stop at once (errors, Ctrl-C); safe after :meth:`close` and more than once."""
 
 
 # --------------------------------------------------------------------------------------
@@ -124,7 +84,7 @@ class _InFlight:
     done: Optional["torch.cuda.Event"] = None
 
 
-class DeviceWorker:
+class DeviceWorker:   # implements Worker
     """Runs the model in the calling process on ``device`` (``cpu`` or ``cuda[:n]``).
 
     One code path for both: bytes are staged in host buffers (pinned on CUDA), uploaded with
@@ -142,9 +102,7 @@ class DeviceWorker:
         self.cuda = self.device.type == "cuda"
         self.depth = max(1, depth)
         self._free: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
-        self.restarts = 0
-        self.busy_seconds = 0.0
-        self.attention_fallbacks = 0  # window-heads where Nyström broke down (pipelines.attention.guard)
+        self.counters = WorkerCounters()
 
     @property
     def description(self) -> str:
@@ -170,7 +128,7 @@ class DeviceWorker:
         while True:
             try:
                 # With results in flight, do not sit on an empty queue: finish them first.
-                item = _get(inbox, stop, timeout=0 if pending else None)
+                item = get(inbox, stop, timeout=0 if pending else None)
             except queue.Empty:
                 emit(self._finish(pending.popleft()))
                 continue
@@ -199,8 +157,8 @@ class DeviceWorker:
         except Exception as err:
             raise WorkItemError(item, err) from err
         finally:
-            self.busy_seconds += time.perf_counter() - started
-            self.attention_fallbacks += fallback_count() - fallbacks
+            self.counters.busy_seconds += time.perf_counter() - started
+            self.counters.attention_fallbacks += fallback_count() - fallbacks
 
     def _finish(self, flight: _InFlight) -> WorkResult:
         if flight.done is not None:
@@ -209,7 +167,7 @@ class DeviceWorker:
                 flight.done.synchronize()
             except Exception as err:  # asynchronous CUDA errors surface here
                 raise WorkItemError(flight.item, err) from err
-            self.busy_seconds += time.perf_counter() - started
+            self.counters.busy_seconds += time.perf_counter() - started
         # Copy out of the host buffer before it is reused for another item.
         image = flight.output.numpy().copy()
         for buf in flight.buffers:
@@ -222,11 +180,3 @@ class DeviceWorker:
             return free.pop()
         return torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
 
-
-def __getattr__(name: str):
-    # The process pool lives in streamer.pool (the module its worker processes import).
-    if name == "CpuPool":
-        from .pool import CpuPool
-
-        return CpuPool
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

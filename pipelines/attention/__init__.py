@@ -12,21 +12,26 @@ Numerical safety: ``NYSTRA_NYSTROM_GUARD`` (default 1.5, see :mod:`.guard`);
 :func:`fallback_count` counts the window-heads recomputed exactly in this process.
 
 At runtime: :func:`set_bias_cache_budget`; :data:`STORE` holds the cached values.
+
+Which kernel a model runs, with its options, is an :class:`AttentionSettings` (defaults stated
+once, in :mod:`.settings`).
 """
 from .auto import Decision, auto_decisions, reset_auto_decisions
 from .bias import RegionMask, RelativePositionBias, WindowBias
 from .exact import exact_attention
 from .guard import fallback_count
 from .landmarks import PooledBias, landmark_grid, pool_tokens, pooling_matrix
-from .module import MODES, WindowAttentionBase
+from .module import WindowAttentionBase
 from .nystrom import EPS, TAU, iterative_pinv, kappa, nystrom_attention
 from .patch import attention_plan, patch_attention, unpatch
+from .settings import DEFAULT, MODES, RUN_DEFAULT, AttentionSettings, Window
 from .store import STORE, set_bias_cache_budget
 from .workspace import clear_workspace
 
 __all__ = [
-    "EPS", "MODES", "STORE", "TAU", "Decision", "PooledBias", "RegionMask", "RelativePositionBias",
+    "DEFAULT", "EPS", "MODES", "RUN_DEFAULT", "STORE", "TAU", "AttentionSettings", "Decision", "PooledBias",
+    "RegionMask", "RelativePositionBias",
     "WindowAttentionBase", "WindowBias", "attention_plan", "auto_decisions", "clear_workspace", "exact_attention",
     "fallback_count", "iterative_pinv", "kappa", "landmark_grid", "nystrom_attention", "patch_attention",
-    "pool_tokens", "pooling_matrix", "reset_auto_decisions", "set_bias_cache_budget", "unpatch",
+    "pool_tokens", "pooling_matrix", "reset_auto_decisions", "set_bias_cache_budget", "unpatch", "Window",
 ]

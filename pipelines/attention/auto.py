@@ -30,6 +30,11 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence
 
 import torch
 
+from .bias import RelativePositionBias
+from .exact import exact_attention
+from .landmarks import landmark_grid
+from .nystrom import nystrom_attention
+
 MARGIN = 0.15  # Nyström must be more than 15 % faster (best and median) to be chosen
 MIN_ROUNDS, MAX_ROUNDS = 3, 9
 TIME_BUDGET_S = 4.0  # stop adding rounds once a measurement has taken this long
@@ -134,11 +139,6 @@ def _cached(store: dict, key: Hashable, compute: Callable[[], object]):
 
 def _reference_runs(window: int, landmarks: int, iters: int, dtype: torch.dtype, device: torch.device):
     """Exact and Nyström on a reference Swin-like shape with a relative position bias."""
-    from .bias import RelativePositionBias
-    from .exact import exact_attention
-    from .landmarks import landmark_grid
-    from .nystrom import nystrom_attention
-
     gen = torch.Generator().manual_seed(window)
     heads, d, n = FLOOR_SHAPE["heads"], FLOOR_SHAPE["head_dim"], window * window
     shape = (max(1, FLOOR_SHAPE["tokens"] // n), heads, n, d)

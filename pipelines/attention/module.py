@@ -29,9 +29,9 @@ from .exact import exact_attention
 from .landmarks import PooledBias, landmark_grid
 from .nystrom import nystrom_attention
 from .resolve import LayerBiases, exact_with_bias
+from .settings import DEFAULT, MODES
 from .store import STORE
 
-MODES = ("exact", "nystrom", "auto")
 BiasFactory = Optional[Callable[[], Union[WindowBias, Tensor, None]]]
 
 _OWNERS = itertools.count(1)
@@ -48,10 +48,10 @@ class WindowAttentionBase(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.attention_mode: str = "exact"  # exact | nystrom | auto
-        self.landmarks: int = 16
-        self.iters: int = 2
-        self.nystrom_bias: bool = True
+        self.attention_mode: str = DEFAULT.mode  # exact | nystrom | auto
+        self.landmarks: int = DEFAULT.landmarks
+        self.iters: int = DEFAULT.iters
+        self.nystrom_bias: bool = DEFAULT.bias_aware
         self.last_decision: Optional[auto.Decision] = None
         self.last_window: Optional[tuple] = None
         self.exact_fallbacks = 0  # window-heads recomputed exactly after a Nyström breakdown

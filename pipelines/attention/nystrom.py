@@ -33,6 +33,7 @@ from torch import Tensor
 from . import guard
 from .guard import BiasRows, dense_rows, repair
 from .landmarks import Grid, PooledBias, landmark_grid, pool_tokens
+from .settings import DEFAULT
 from .workspace import scratch, serial
 
 TAU = 5.0
@@ -284,8 +285,8 @@ def nystrom_attention(
     k: Tensor,
     v: Tensor,
     grid: Sequence[int],
-    landmarks: int = 16,
-    iters: int = 2,
+    landmarks: int = DEFAULT.landmarks,
+    iters: int = DEFAULT.iters,
     bias: Union[Tensor, PooledBias, Sequence[PooledBias], None] = None,
     exact_bias: Optional[BiasRows] = None,
 ) -> Tensor:

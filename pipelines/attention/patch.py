@@ -1,32 +1,38 @@
 """Switch every window-attention layer of a model between attention kernels."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Union
 
 from torch import nn
 
-from .module import MODES, WindowAttentionBase
+from .module import WindowAttentionBase
+from .settings import DEFAULT, AttentionSettings
 
 
-def patch_attention(model: nn.Module, mode: str, landmarks: int = 16, iters: int = 2,
-                    bias_aware: bool = True) -> nn.Module:
+def patch_attention(model: nn.Module, mode: Union[str, AttentionSettings], landmarks: Optional[int] = None,
+                    iters: Optional[int] = None, bias_aware: Optional[bool] = None) -> nn.Module:
     """Set every :class:`WindowAttentionBase` of ``model`` to ``mode`` in place; return ``model``.
 
     ``mode``: ``exact`` (SDPA), ``nystrom`` (PnP-Nystra with ``landmarks`` and ``iters``) or
-    ``auto`` (per layer, whichever is measured faster on this device for the layer's shape).
+    ``auto`` (per layer, whichever is measured faster on this device for the layer's shape),
+    or an :class:`AttentionSettings` (whose ``window`` is the loader's business: a model is
+    built at its window, see ``pipelines.load_model``). Arguments left out keep
+    :data:`~pipelines.attention.settings.DEFAULT`'s values (or the settings object's).
     ``bias_aware=False`` makes Nyström drop relative position biases and shift masks, as the
     paper does. Only plain attributes change: ``state_dict()`` keys and values are untouched.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown attention mode {mode!r} (choose from {', '.join(MODES)})")
-    if landmarks < 1 or iters < 0:
-        raise ValueError(f"need landmarks >= 1 and iters >= 0, got {landmarks} and {iters}")
+    base = mode if isinstance(mode, AttentionSettings) else DEFAULT
+    settings = AttentionSettings(
+        mode=base.mode if isinstance(mode, AttentionSettings) else mode,
+        landmarks=base.landmarks if landmarks is None else landmarks,
+        iters=base.iters if iters is None else iters,
+        bias_aware=base.bias_aware if bias_aware is None else bias_aware)
     for module in model.modules():
         if isinstance(module, WindowAttentionBase):
-            module.attention_mode = mode
-            module.landmarks = int(landmarks)
-            module.iters = int(iters)
-            module.nystrom_bias = bool(bias_aware)
+            module.attention_mode = settings.mode
+            module.landmarks = int(settings.landmarks)
+            module.iters = int(settings.iters)
+            module.nystrom_bias = bool(settings.bias_aware)
             module.last_decision = None
     return model
 

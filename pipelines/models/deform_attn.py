@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rvrt_blocks import FrameConv, Mlp, Permute
+from .layers import Mlp
+from .rvrt_blocks import FrameConv, Permute
 
 # Sampled keys+values are the memory peak (clip·2P·taps floats per pixel); output pixels are
 # processed in chunks that keep this tensor under the budget.

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias
+from .layers import Mlp
 from .qkv_layout import head_major_qkv, heads_layout
 
 Window = Tuple[int, int, int]
@@ -54,19 +55,6 @@ class FrameConv(nn.Conv3d):
         frames = x.transpose(1, 2).reshape(n * d, c, h, w)
         out = F.conv2d(frames, self.weight.squeeze(2), self.bias, self.stride[1:], self.padding[1:], 1, self.groups)
         return out.view(n, d, *out.shape[1:]).transpose(1, 2)
-
-
-class Mlp(nn.Module):
-    """Two linear layers with a GELU between them."""
-
-    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def table_size(window: Sequence[int]) -> int:

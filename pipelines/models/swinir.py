@@ -31,8 +31,8 @@ Choices beyond the official code (documented here because checkpoints cannot say
   (``abcdcbabcd...``), which equals reflect wherever reflect is defined.
 
 Layout: this file holds the architecture; window geometry and the inference buffers are in
-:mod:`.swinir_geometry`, state-dict recognition and config inference in :mod:`.swinir_loading`.
-Both are re-exported here, so ``pipelines.models.swinir`` stays the one import path.
+:mod:`.swinir_geometry`, state-dict recognition and config inference in :mod:`.swinir_loading`
+(which imports this module, never the other way).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from ..attention.bias import RegionMask, RelativePositionBias, WindowBias
 from ..attention.module import WindowAttentionBase
 from .base import ModelInfo
+from .layers import Mlp
 from .qkv_layout import head_major_qkv, heads_layout
 from .swinir_geometry import (_MASKED, _gather, _linear, _window_regions, pad_to_multiple,
                               relative_position_index, shift_mask, window_token_order)
@@ -155,21 +156,6 @@ class WindowAttention(WindowAttentionBase):
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled():
-            return self.fc2(self.act(self.fc1(x)))
-        hidden = _linear(self.fc1, x, "hidden")
-        torch.ops.aten.gelu_(hidden)  # nn.GELU's exact (erf) form, in place
-        return _linear(self.fc2, hidden, "windows")
-
-
 class SwinTransformerBlock(nn.Module):
     """(Shifted-)window attention + MLP, both pre-norm residual, on ``(B, H, W, C)`` tokens."""
 
@@ -183,7 +169,7 @@ class SwinTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio + 1e-6))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio + 1e-6), buffers=("swinir.hidden", "swinir.windows"))
         # (a copy: loading a checkpoint writes into it, and the cached mask must stay exact)
         stored = shift_mask(window_size, shift_size, img_size, img_size).clone() if shift_size > 0 else None
         self.register_buffer("attn_mask", stored)
@@ -419,8 +405,3 @@ def _output_conv(conv: nn.Conv2d, x: Tensor, img_range: float, mean: Optional[Te
     if mean is not None:
         bias = bias + mean.flatten().to(bias.dtype)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-# Registry protocol and config inference (spandrel-like loading) live in swinir_loading, which
-# builds on the classes above: imported last so it finds them defined.
-from .swinir_loading import from_state_dict, infer_config, matches  # noqa: E402

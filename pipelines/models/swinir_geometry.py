@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention.workspace import scratch
+from .layers import linear_into, reused_buffer
 
 _MASKED = -100.0                        # the official shift-mask value (not -inf)
 
@@ -115,32 +115,15 @@ def _mirror_index(size: int, total: int, device: torch.device) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Inference temporaries: large activations go into reused per-thread buffers, because a fresh
-# multi-MB CPU tensor costs page faults on every call (~20% of the qkv matmul's time).
-
-
-def _buffer(role: str, shape: Tuple[int, ...], like: Tensor) -> Optional[Tensor]:
-    """A reused buffer for a temporary that dies inside the block; None while autograd records
-    or autocast runs (its products come out in the autocast dtype, not the input's)."""
-    if torch.is_grad_enabled() or torch.is_autocast_enabled(like.device.type):
-        return None
-    return scratch("swinir." + role, shape, like.dtype, like.device)
+# Inference temporaries go into reused per-thread buffers (see :mod:`.layers`), named "swinir.ROLE".
 
 
 def _linear(layer: nn.Linear, x: Tensor, role: str) -> Tensor:
     """``layer(x)`` (the same kernel), written into the ``role`` buffer in inference."""
-    out = _buffer(role, tuple(x.shape[:-1]) + (layer.out_features,), x)
-    if out is None:
-        return layer(x)
-    flat, out_flat = x.reshape(-1, x.shape[-1]), out.view(-1, layer.out_features)
-    if layer.bias is None:
-        torch.mm(flat, layer.weight.t(), out=out_flat)
-    else:
-        torch.addmm(layer.bias, flat, layer.weight.t(), out=out_flat)
-    return out
+    return linear_into(layer, x, "swinir." + role)
 
 
 def _gather(tokens: Tensor, index: Tensor, role: str) -> Tensor:
-    out = _buffer(role, tuple(tokens.shape), tokens)
+    out = reused_buffer("swinir." + role, tuple(tokens.shape), tokens)
     return tokens.index_select(1, index) if out is None else torch.index_select(tokens, 1, index, out=out)
 

@@ -2,8 +2,8 @@
 
 The architecture registry's protocol (``matches``, ``from_state_dict``) plus the spandrel-like
 inference of every hyper-parameter from key names and shapes. Separate from the model file
-because it reads checkpoints rather than defining layers; :mod:`pipelines.models.swinir`
-re-exports ``matches``, ``infer_config`` and ``from_state_dict`` (import them from there).
+because it reads checkpoints rather than defining layers; it imports :mod:`.swinir`, never the
+other way.
 """
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from typing import Dict, Mapping, Optional
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .base import check_keys
+from .base import load_strictly
+from .swinir import NAME, SwinIR, SwinIRConfig
+
+__all__ = ["NAME", "matches", "infer_config", "from_state_dict"]
 
 _TABLE_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn\.relative_position_bias_table$")
 _MASK_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attn_mask$")
@@ -106,14 +109,4 @@ def infer_config(state_dict: Mapping[str, Tensor], img_range: Optional[float] = 
 def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = None,
                     img_range: Optional[float] = None) -> SwinIR:
     """Build the model a state dict describes, load it strictly, optionally resize its window."""
-    model = SwinIR(infer_config(state_dict, img_range=img_range))
-    check_keys(model, state_dict, "SwinIR")
-    model.load_state_dict(state_dict, strict=True)
-    if window is not None:
-        model.resize_window(window)
-    return model
-
-
-# Imported last: swinir.py re-exports this module's functions at its end, so they must exist
-# before it runs; this way either module can be imported first.
-from .swinir import SwinIR, SwinIRConfig  # noqa: E402
+    return load_strictly(SwinIR(infer_config(state_dict, img_range=img_range)), state_dict, "SwinIR", window)

@@ -36,7 +36,8 @@ Not supported: ``cross_modulator`` (unused by every released model; refused with
 know better set it with ``dataclasses.replace(model.info, task="deblur")``.
 
 Layout: the architecture is here; window geometry is in :mod:`.uformer_geometry` and state-dict
-recognition / config inference in :mod:`.uformer_loading`, both re-exported here.
+recognition / config inference in :mod:`.uformer_loading` (which imports this module, never the
+other way).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 
 from ..attention import RegionMask, RelativePositionBias, WindowAttentionBase, WindowBias
 from .base import ModelInfo
+from .layers import Mlp
 from .uformer_geometry import (add_per_window, merge_window_heads, reflect_pad_to, relative_position_index,
                                resize_bias_table, resize_modulator, shift_attention_mask, shift_regions,
                                window_heads)
@@ -228,17 +230,6 @@ class LeFF(nn.Module):
         return self.linear2(x)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class LeWinTransformerBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, config: UformerConfig,
                  modulator: bool) -> None:
@@ -402,7 +393,3 @@ class Uformer(nn.Module):
             top = left = 0
             x = reflect_pad_to(x, -(-h // multiple) * multiple, -(-w // multiple) * multiple)
         return self.forward_padded(x)[..., top:top + h, left:left + w]
-
-
-# Registry protocol (spandrel-like loading) builds on the classes above, so it is imported last.
-from .uformer_loading import from_state_dict, infer_config, matches  # noqa: E402

@@ -2,9 +2,8 @@
 
 The architecture registry's protocol (``matches``, ``from_state_dict``) plus the spandrel-like
 inference of the config from key names and shapes (``img_size`` from the window clamp's trace).
-Separate from the model file because it reads checkpoints rather than defining layers;
-:mod:`pipelines.models.uformer` re-exports ``matches``, ``infer_config`` and ``from_state_dict``
-(import them from there).
+Separate from the model file because it reads checkpoints rather than defining layers; it
+imports :mod:`.uformer`, never the other way.
 """
 from __future__ import annotations
 
@@ -15,7 +14,10 @@ from typing import Mapping, Optional
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .base import check_keys
+from .base import load_strictly
+from .uformer import NAME, RELEASED_IMG_SIZE, STAGES, Uformer, UformerConfig
+
+__all__ = ["NAME", "matches", "infer_config", "from_state_dict"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,14 +91,4 @@ def from_state_dict(state_dict: Mapping[str, Tensor], window: Optional[int] = No
     config = infer_config(state_dict)
     if img_size is not None:
         config = replace(config, img_size=int(img_size))
-    model = Uformer(config)
-    check_keys(model, state_dict, "Uformer")
-    model.load_state_dict(state_dict, strict=True)
-    if window is not None:
-        model.resize_window(window)
-    return model
-
-
-# Imported last: uformer.py re-exports this module's functions at its end, so they must exist
-# before it runs; this way either module can be imported first.
-from .uformer import RELEASED_IMG_SIZE, STAGES, Uformer, UformerConfig  # noqa: E402
+    return load_strictly(Uformer(config), state_dict, "Uformer", window)

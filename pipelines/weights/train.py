@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import WindowAttentionBase, patch_attention
+from ..loading import load_model
 from ..models.swinir import SwinIR, SwinIRConfig
 from . import ARCHITECTURES, MAX_BYTES, TASKS, bundled_path
 from .data import TRAIN_IMAGES, VIDEO_SHARE, CropSampler, load_photo
@@ -224,8 +225,6 @@ def main(argv: Optional[list] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.init is not None:
-        from ..loading import load_model
-
         model = patch_attention(load_model(args.init), "exact")  # the file's own architecture
         config = model.config
     else:

@@ -153,9 +153,9 @@ def test_sigma_arrives_as_a_channel_of_sigma_over_255(clip_len):
 
 
 def test_sigma_is_required_by_denoisers_and_refused_by_others():
-    with pytest.raises(ValueError, match="needs the noise level"):
+    with pytest.raises(ValueError, match="non-blind denoiser: give the noise level with sigma=S"):
         Restorer(NoiseEcho(3))
-    with pytest.raises(ValueError, match="takes no noise level"):
+    with pytest.raises(ValueError, match="sigma is for models that take a noise level"):
         Restorer(Identity(), sigma=25)
     with pytest.raises(ValueError, match="0-255"):
         Restorer(NoiseEcho(3), sigma=-1)

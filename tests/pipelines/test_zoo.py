@@ -16,8 +16,9 @@ import torch
 
 from checkpoint_server import server, tiny_swinir_bytes, torch_bytes, zoo_env  # noqa: F401
 from pipelines import CheckpointError, load_model, zoo
+from pipelines.attention import AttentionSettings
 from pipelines.attention.module import WindowAttentionBase
-from pipelines.models import rvrt, swinir, uformer
+from pipelines.models import rvrt_loading, swinir_loading, uformer_loading
 from pipelines.models.rvrt_blocks import relative_position_index
 from pipelines.preset_files import PRESET_TASKS, PresetError, read_preset_file
 
@@ -57,7 +58,7 @@ def test_swinir_presets_match_the_released_files():
     by_file = {p.file: p for p in builtin("swinir")}
     assert set(by_file) == set(released)
     for file, entry in released.items():
-        preset, config = by_file[file], swinir.infer_config(meta_state_dict(entry["keys"]))
+        preset, config = by_file[file], swinir_loading.infer_config(meta_state_dict(entry["keys"]))
         expected_task = (f"sr{config.upscale}" if config.upscale > 1
                          else "jpeg" if config.window_size == 7 else "denoise")
         assert preset.task == expected_task, file
@@ -73,7 +74,7 @@ def test_rvrt_presets_match_the_released_files():
         index = {128: relative_position_index((2, 8, 8)), 64: relative_position_index((1, 8, 8))}
         sd = {k: index[s[0]] if k.endswith("relative_position_index") else torch.empty(s, device="meta")
               for k, s in shapes.items()}
-        config = rvrt.infer_config(sd)
+        config = rvrt_loading.infer_config(sd)
         assert preset.task == config.task, preset.name
         assert preset.trained_window == config.window_size, preset.name
 
@@ -81,7 +82,7 @@ def test_rvrt_presets_match_the_released_files():
 @needs_fixtures
 def test_uformer_presets_match_the_released_layout():
     shapes = json.loads((FIXTURES / "uformer_B_keys.json").read_text())["keys"]
-    config = uformer.infer_config(meta_state_dict(shapes))
+    config = uformer_loading.infer_config(meta_state_dict(shapes))
     assert {p.task for p in builtin("uformer")} == {"denoise", "deblur"}
     assert all(p.trained_window == config.win_size for p in builtin("uformer"))
 
@@ -135,11 +136,11 @@ def test_defaults_are_the_bundled_models_and_define_the_tasks():
 
 def test_settings_prefer_the_callers_values():
     preset = zoo.get_preset("rvrt-vsr-reds")
-    assert preset.settings() == zoo.RunSettings("nystrom", 32, 6, (2, 64, 64))
-    assert preset.settings("exact") == zoo.RunSettings("exact", 32, 6, None)
+    assert preset.settings() == AttentionSettings("nystrom", 32, 6, (2, 64, 64))
+    assert preset.settings("exact") == AttentionSettings("exact", 32, 6, None)
     assert preset.settings("exact", window=16).window == 16
     assert preset.settings("nystrom", landmarks=8, iters=0, window=(2, 32, 32)) == \
-        zoo.RunSettings("nystrom", 8, 0, (2, 32, 32))
+        AttentionSettings("nystrom", 8, 0, (2, 32, 32))
 
 
 def attention_layers(model) -> list:

@@ -13,7 +13,7 @@ import streamer
 from pipelines import zoo
 from pipelines.errors import CheckpointError
 from streamer.errors import UsageError
-from streamer.workers import WorkItemError
+from streamer.flow import WorkItemError
 from toy_models import Brighten, FailAfter, FailOnBright, Identity, TemporalMean, psnr, save_tiny_swinir
 
 
@@ -345,3 +345,23 @@ def test_bad_prefilter_options_are_usage_errors(noisy_clip, tmp_path):
     with pytest.raises(UsageError, match="for per-frame models"):
         streamer.run(noisy_clip.path, tmp_path / "out.mp4", model=TemporalMean(), prefilter="motion-wiener")
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failed_run_keeps_its_stats_on_the_run_object(noisy_clip, tmp_path, workers):
+    """``streamer.Run``: the stats of a run that failed part-way say what was done (they are not
+    attached to the exception)."""
+    run = streamer.Run(noisy_clip.path, tmp_path / "out.mp4",
+                       streamer.Options(model=FailAfter(3), workers=workers, queue_size=1))
+    with pytest.raises(WorkItemError) as caught:
+        run.execute()
+    assert not hasattr(caught.value, "stats")
+    stats = run.stats
+    assert not stats.completed and stats.frames_in >= 3 and stats.frames_out <= 3 * max(1, workers)
+    assert stats.worker and stats.seconds > 0 and stats.stage_seconds["decode"] > 0
+    assert leftovers(tmp_path) == []
+
+
+def test_unknown_run_options_name_the_closest_one(sample_clip, tmp_path):
+    with pytest.raises(UsageError, match=r"unknown option 'tile_overlp' \(did you mean tile_overlap"):
+        streamer.run(sample_clip.path, tmp_path / "out.mp4", model=Identity(), tile_overlp=4)

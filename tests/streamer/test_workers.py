@@ -17,7 +17,10 @@ import pytest
 
 from streamer.frames import Frame
 from streamer.windows import Cutter, WorkItem, WorkResult
-from streamer.workers import CpuPool, DeviceWorker, Stopped, WorkItemError, cpu_cores
+from streamer.flow import Stopped, WorkItemError
+from streamer.pool import CpuPool
+from streamer.process_env import cpu_cores
+from streamer.workers import DeviceWorker
 from toy_models import Brighten, FailOnBright, Identity, KillOnBright, Slow, SlowBandFailOnBright, ThreadCount
 
 HERE = Path(__file__).resolve().parent
@@ -133,7 +136,7 @@ def test_pool_replaces_a_killed_worker_and_retries_its_item(tmp_path):
     pool = CpuPool(KillOnBright(threshold=105 / 255, marker_dir=str(tmp_path), times=1), workers=2)
     results = run_worker(pool, items)
     assert len(list(tmp_path.glob("killed-*"))) == 1, "a worker really died"
-    assert pool.restarts == 1
+    assert pool.counters.restarts == 1
     assert_identity(results, items)
 
 
@@ -183,7 +186,7 @@ def test_workers_do_not_outlive_a_killed_parent(tmp_path, when):
     script.write_text(textwrap.dedent(f"""
         import sys, time
         sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]
-        from streamer.workers import CpuPool
+        from streamer.pool import CpuPool
         from toy_models import Identity
         if __name__ == "__main__":
             pool = CpuPool(Identity(), workers=2)

@@ -14,7 +14,7 @@ import torch
 
 from pipelines import CheckpointError, load_model
 from pipelines.attention import patch_attention
-from pipelines.models import rvrt
+from pipelines.models import rvrt, rvrt_loading
 from pipelines.models.rvrt import RVRT, RVRTConfig
 from pipelines.models.rvrt_blocks import RSTBWithInputConv, WindowAttention3D, relative_position_index
 
@@ -138,9 +138,9 @@ def test_infers_every_released_configuration(kind):
     for file in files:
         shapes = json.loads(file.read_text())
         sd = _cheap_state_dict(shapes)
-        assert rvrt.matches(sd)
-        assert rvrt.infer_config(sd) == expected, file.name
-        model = model or rvrt.from_state_dict(sd)  # built once per distinct configuration
+        assert rvrt_loading.matches(sd)
+        assert rvrt_loading.infer_config(sd) == expected, file.name
+        model = model or rvrt_loading.from_state_dict(sd)  # built once per distinct configuration
         built = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert built == shapes, file.name
         model.load_state_dict(sd, strict=True)
@@ -165,10 +165,10 @@ def test_deformable_heads_default_to_the_official_constructor(tmp_path):
     """No weight records attention_heads: the official default (12) applies, not the group count
     (an official RVRT(deformable_groups=6) still runs 12 heads); 12 must divide the channels."""
     sd = RVRT(replace(TINY_SR, deformable_groups=6)).state_dict()
-    assert rvrt.infer_config(sd).attention_heads == 12
+    assert rvrt_loading.infer_config(sd).attention_heads == 12
     odd = RVRT(replace(TINY_SR, embed_dims=(16, 16, 16), deformable_groups=8, attention_heads=8,
                        inputconv_groups=(1, 1, 1, 1, 1, 1)))
-    assert rvrt.infer_config(odd.state_dict()).attention_heads == 8  # 12 does not divide 16
+    assert rvrt_loading.infer_config(odd.state_dict()).attention_heads == 8  # 12 does not divide 16
     path = save(tmp_path, randomised(RVRT(TINY_SR), seed=5))
     assert load_model(path, attention_heads=6).deform_align["forward_1"].heads == 6
     assert load_model(path, max_residue_magnitude=3).config.max_residue_magnitude == 3.0
@@ -179,20 +179,20 @@ def test_deformable_heads_default_to_the_official_constructor(tmp_path):
 def test_window_inference_tells_permuted_windows_apart():
     """(2, 8, 8), (8, 2, 8) and (8, 8, 2) have the same table and token counts."""
     for window in [(2, 8, 8), (8, 2, 8), (1, 4, 6), (2, 6, 4)]:
-        table = torch.zeros(rvrt.table_size(window), 2)
-        assert rvrt._window_of(table, relative_position_index(window), "x") == window
+        table = torch.zeros(rvrt_loading.table_size(window), 2)
+        assert rvrt_loading._window_of(table, relative_position_index(window), "x") == window
 
 
 def test_inconsistent_checkpoints_raise_checkpoint_error(tiny_sr):
     sd = dict(tiny_sr.state_dict())
     sd.pop("deform_align.forward_2.proj.1.bias")
     with pytest.raises(CheckpointError, match="missing deform_align.forward_2.proj.1.bias"):
-        rvrt.from_state_dict(sd)
+        rvrt_loading.from_state_dict(sd)
     sd = dict(tiny_sr.state_dict())
     sd.pop("reconstruction.main.1.weight")
-    assert not rvrt.matches(sd)
+    assert not rvrt_loading.matches(sd)
     with pytest.raises(CheckpointError):
-        rvrt.infer_config(sd)
+        rvrt_loading.infer_config(sd)
 
 
 # --------------------------------------------------------------------------------------------

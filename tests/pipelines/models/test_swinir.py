@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import load_model
-from pipelines.models import swinir
+from pipelines.models import swinir, swinir_loading
 from pipelines.models.swinir import SwinIR, SwinIRConfig
 
 FIXTURES = Path(os.environ.get("NYSTRA_FIXTURES", "/work/shared/fixtures"))
@@ -73,7 +73,7 @@ def test_stored_mask_used_exactly_at_img_size(reference):
     assert sd["layers.0.residual_group.blocks.1.attn_mask"].shape == (36, 64, 64)  # img_size 48
     tampered = dict(sd)
     tampered["layers.0.residual_group.blocks.1.attn_mask"] = torch.zeros(36, 64, 64)
-    plain, changed = swinir.from_state_dict(sd).eval(), swinir.from_state_dict(tampered).eval()
+    plain, changed = swinir_loading.from_state_dict(sd).eval(), swinir_loading.from_state_dict(tampered).eval()
     at_img_size, elsewhere = torch.rand(1, 3, 48, 48), torch.rand(1, 3, 40, 56)
     assert not torch.allclose(run(plain, at_img_size), run(changed, at_img_size), atol=1e-4)
     assert torch.equal(run(plain, elsewhere), run(changed, elsewhere))
@@ -138,8 +138,8 @@ def test_variant_round_trip(name, tmp_path):
     config = VARIANTS[name]
     model = randomised(SwinIR(config), seed=len(name))
     sd = model.state_dict()
-    assert swinir.matches(sd)
-    assert swinir.infer_config(sd) == config
+    assert swinir_loading.matches(sd)
+    assert swinir_loading.infer_config(sd) == config
     size = config.img_size
     inputs = [torch.rand(1, config.in_chans, size, size),                     # stored-mask grid
               torch.rand(2, config.in_chans, size + 3, max(size - 5, 3))]     # padded inside
@@ -206,9 +206,9 @@ def test_model_info_task():
 
 def test_img_range_inferred_from_window_and_overridable():
     sd = SwinIR(VARIANTS["gray_car"]).state_dict()
-    assert swinir.infer_config(sd).img_range == 255.0
-    assert swinir.infer_config(SwinIR(VARIANTS["gray_dn"]).state_dict()).img_range == 1.0
-    assert swinir.from_state_dict(sd, img_range=1.0).img_range == 1.0
+    assert swinir_loading.infer_config(sd).img_range == 255.0
+    assert swinir_loading.infer_config(SwinIR(VARIANTS["gray_dn"]).state_dict()).img_range == 1.0
+    assert swinir_loading.from_state_dict(sd, img_range=1.0).img_range == 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_released_configs_and_layouts():
     released = _released()
     assert len(released) == 27
     for name, entry in released.items():
-        config = swinir.infer_config(_meta_state_dict(entry["keys"]))
+        config = swinir_loading.infer_config(_meta_state_dict(entry["keys"]))
         inferred = asdict(config)
         for key, value in entry["config"].items():
             got = list(inferred[key]) if isinstance(inferred[key], tuple) else inferred[key]

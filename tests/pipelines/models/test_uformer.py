@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pipelines import load_model
 from pipelines.attention import patch_attention
 from pipelines.errors import CheckpointError
-from pipelines.models import uformer
+from pipelines.models import uformer, uformer_loading
 from pipelines.models.uformer import Uformer, UformerConfig
 
 FIXTURES = Path(os.environ.get("NYSTRA_FIXTURES", "/work/shared/fixtures"))
@@ -99,7 +99,7 @@ def test_square_padding_reproduces_official_test_pipeline(reference, small_check
 @needs_fixtures
 def test_fixture_config_inferred(reference):
     sd = {k[len("module."):]: v for k, v in reference["state_dict"]["state_dict"].items()}
-    config = uformer.infer_config(sd)
+    config = uformer_loading.infer_config(sd)
     for name, value in reference["config"].items():
         got = getattr(config, name)
         assert (tuple(got) if isinstance(got, tuple) else got) == (
@@ -119,12 +119,12 @@ def _released_state_dict():
 @pytest.mark.skipif(not B_KEYS.exists(), reason="reference fixtures not available")
 def test_released_uformer_b_built_from_its_keys():
     keys, sd = _released_state_dict()
-    config = uformer.infer_config(sd)
+    config = uformer_loading.infer_config(sd)
     assert config == UformerConfig(embed_dim=32, depths=(1, 2, 8, 8, 2, 8, 8, 2, 1),
                                    num_heads=(1, 2, 4, 8, 16, 16, 8, 4, 2), win_size=8, img_size=128,
                                    mlp_ratio=4.0, token_projection="linear", token_mlp="leff",
                                    modulator=True, in_chans=3, dd_in=3)
-    model = uformer.from_state_dict(sd)  # strict load
+    model = uformer_loading.from_state_dict(sd)  # strict load
     built = model.state_dict()
     assert list(built) == list(keys)
     assert all(list(built[k].shape) == shape for k, shape in keys.items())
@@ -172,15 +172,15 @@ def test_bottleneck_shift_decided_by_img_size_not_input():
 def test_img_size_inferred_from_clamped_windows():
     for img_size, win_size in ((64, 8), (32, 8), (128, 16)):
         config = replace(TINY, img_size=img_size, win_size=win_size, modulator=False)
-        assert uformer.infer_config(Uformer(config).state_dict()).img_size == img_size
+        assert uformer_loading.infer_config(Uformer(config).state_dict()).img_size == img_size
     # unclamped at 128 and 256 alike: the released 128 is assumed
-    assert uformer.infer_config(Uformer(replace(TINY, img_size=256)).state_dict()).img_size == 128
+    assert uformer_loading.infer_config(Uformer(replace(TINY, img_size=256)).state_dict()).img_size == 128
 
 
 def test_matches_and_errors(tmp_path):
     sd = Uformer(TINY).state_dict()
-    assert uformer.matches(sd)
-    assert not uformer.matches({"conv_first.weight": torch.zeros(1), "layers.0.x": torch.zeros(1)})
+    assert uformer_loading.matches(sd)
+    assert not uformer_loading.matches({"conv_first.weight": torch.zeros(1), "layers.0.x": torch.zeros(1)})
     broken = dict(sd)
     del broken["decoderlayer_1.blocks.1.norm2.bias"]
     torch.save({"state_dict": broken}, tmp_path / "broken.pth")
@@ -189,7 +189,7 @@ def test_matches_and_errors(tmp_path):
     wrong = dict(sd)
     wrong["conv.blocks.0.attn.qkv.to_q.weight"] = torch.zeros(3, 3)
     with pytest.raises(CheckpointError, match="shape"):
-        uformer.from_state_dict(wrong)
+        uformer_loading.from_state_dict(wrong)
 
 
 # --------------------------------------------------------------------------------------------------
