@@ -13,7 +13,14 @@ Layout, for a checkpoint cached as ``DEST`` (``<cache>/models/<file>``):
   none, and compared with the file on every later use (:func:`verify_cached`).
 
 A download that ends short of its ``Content-Length`` is refused (the part is kept for resuming);
-one whose sha256 is not the expected one is refused and deleted. Errors are
+one whose sha256 is not the expected one is refused and deleted.
+
+Where a download may go (:func:`check_url`, for the first URL and every redirect): ``https``
+anywhere, plain ``http`` only to this machine (127.0.0.1, ::1, localhost: mirrors and tests). A
+redirect elsewhere (another scheme, ``http`` to another host) is refused before it is followed. How
+much it may bring: at most ``$NYSTRA_MAX_DOWNLOAD_MB`` (default 4096; the largest released
+checkpoint we know of, Uformer-B, is 0.4 GB) — refused from the ``Content-Length`` before the body, or
+the moment a server that sends more than it declared passes the cap; the part is deleted. Errors are
 :class:`~pipelines.errors.CheckpointError` subclasses with one-line messages; those caused by the
 network say which URL to fetch by hand and where to put the file.
 """
@@ -29,6 +36,7 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -38,6 +46,9 @@ from .errors import CheckpointError
 HOME_ENV = "NYSTRA_HOME"
 APP_NAME = "nystra-stream"
 DEFAULT_TIMEOUT_S = 30.0  # per socket operation (connect, each read), not for the whole file
+MAX_DOWNLOAD_ENV = "NYSTRA_MAX_DOWNLOAD_MB"
+DEFAULT_MAX_DOWNLOAD_MB = 4096
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CHUNK = 1 << 20
 _USER_AGENT = f"{APP_NAME} (python urllib)"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -55,6 +66,47 @@ class IncompleteDownloadError(DownloadError):
 
 class ChecksumError(CheckpointError):
     """A downloaded or cached file does not have the sha256 it must have."""
+
+
+class UnsafeDownloadError(DownloadError):
+    """A URL or redirect a download must not follow, or a file larger than the cap."""
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`UnsafeDownloadError` unless ``url`` is https, or http to this machine."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and host in _LOOPBACK_HOSTS:
+        return
+    raise UnsafeDownloadError(f"refusing to download from {url}: only https URLs are followed "
+                              "(plain http only to this machine)")
+
+
+def max_download_bytes() -> int:
+    """The size cap of one download (``$NYSTRA_MAX_DOWNLOAD_MB``, default 4096 MB)."""
+    text = os.environ.get(MAX_DOWNLOAD_ENV, "").strip()
+    try:
+        megabytes = float(text) if text else DEFAULT_MAX_DOWNLOAD_MB
+    except ValueError:
+        raise UnsafeDownloadError(f"${MAX_DOWNLOAD_ENV} must be a number of megabytes, got {text!r}") from None
+    return int(megabytes * 2**20)
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handling, but every new location must pass :func:`check_url` first."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            check_url(urllib.parse.urljoin(req.full_url, location))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_SafeRedirects)
 
 
 # -- where things live ------------------------------------------------------------------------
@@ -186,10 +238,14 @@ def manual_hint(url: str, dest: PathLike) -> str:
 def _download(url: str, dest: Path, part: Path, progress: Optional[bool], timeout: float,
               label: str) -> tuple:
     """Fill ``part`` with the body of ``url`` (resuming if possible); return (sha256, size)."""
+    check_url(url)
+    cap = max_download_bytes()
     offset = _resumable_offset(url, dest, part)
     meta = _read_part_meta(dest) if offset else {}
     try:
         response = _open(url, offset, meta.get("validator"), timeout)
+    except UnsafeDownloadError:
+        raise
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # the part is not a prefix of this file: start over
             _discard_part(dest)
@@ -213,6 +269,9 @@ def _download(url: str, dest: Path, part: Path, progress: Optional[bool], timeou
             offset = 0
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length and length.isdigit() else None
+        if expected is not None and expected > cap:
+            _discard_part(dest)
+            raise UnsafeDownloadError(_too_large(label, url, f"declares {expected} bytes", cap))
         _write_json_atomically(_part_meta_path(dest), {"url": url, "validator": _validator(response)})
         digest = hashlib.sha256()
         if offset:
@@ -227,9 +286,11 @@ def _download(url: str, dest: Path, part: Path, progress: Optional[bool], timeou
                     block = response.read(_CHUNK)
                     if not block:
                         break
+                    size += len(block)
+                    if size > cap:
+                        break
                     out.write(block)
                     digest.update(block)
-                    size += len(block)
                     bar.update(len(block))
         except (OSError, http.client.HTTPException) as err:  # reset, timeout, IncompleteRead
             raise IncompleteDownloadError(
@@ -237,6 +298,9 @@ def _download(url: str, dest: Path, part: Path, progress: Optional[bool], timeou
                 f"run again to resume it from {part}") from None
         finally:
             bar.close()
+    if size > cap:
+        _discard_part(dest)
+        raise UnsafeDownloadError(_too_large(label, url, f"sent more than {cap} bytes", cap))
     if expected is not None and size != expected:
         raise IncompleteDownloadError(
             f"the download of {label} from {url} ended at {size} of {expected} bytes; "
@@ -262,7 +326,12 @@ def _open(url: str, offset: int, validator: Optional[str], timeout: float):
             headers["If-Range"] = validator
     # urllib follows redirects (GitHub release URLs redirect to a storage host) and keeps these
     # headers across them.
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    return _OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _too_large(label: str, url: str, what: str, cap: int) -> str:
+    return (f"refusing the download of {label} from {url}: it {what}, over the {cap / 2**20:g} MB cap "
+            f"(${MAX_DOWNLOAD_ENV} raises it); nothing was kept")
 
 
 def _range_start(response) -> Optional[int]:

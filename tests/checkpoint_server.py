@@ -4,7 +4,9 @@ and an isolated zoo environment (``$NYSTRA_HOME`` cache, ``$NYSTRA_PRESETS`` ext
 The server is ``http.server.ThreadingHTTPServer`` in a thread; behaviours a download must cope
 with are switches on it: ``honour_range`` (answer ``Range`` with 206, or ignore it with 200),
 ``truncate_at`` (declare the full ``Content-Length``, send that many body bytes, close), redirects
-(``/redirect/<name>`` -> 302 -> ``/files/<name>``), 404s. Every request is logged in ``requests``.
+(``/redirect/<name>`` -> 302 -> ``/files/<name>``, or to ``redirect_to[name]`` if set), 404s,
+``omit_length`` (no ``Content-Length``: the body ends when the connection closes). Every request is
+logged in ``requests``.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class CheckpointServer:
         self.files: Dict[str, bytes] = {}
         self.honour_range = True
         self.truncate_at: Optional[int] = None
+        self.redirect_to: Dict[str, str] = {}
+        self.omit_length = False
         self.requests: List[Served] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -83,7 +87,8 @@ def _handler_for(server: CheckpointServer):
             if self.path.startswith("/redirect/"):
                 served.status = 302
                 self.send_response(302)
-                self.send_header("Location", "/files/" + self.path[len("/redirect/"):])
+                name = self.path[len("/redirect/"):]
+                self.send_header("Location", server.redirect_to.get(name, "/files/" + name))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -111,7 +116,10 @@ def _handler_for(server: CheckpointServer):
                 served.status = 200
                 self.send_response(200)
             body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
+            if server.omit_length:
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("ETag", etag)
             self.send_header("Accept-Ranges", "bytes" if server.honour_range else "none")

@@ -12,8 +12,8 @@ import pytest
 from checkpoint_server import (CodePayload, refusing_url, server, sha256_of, tiny_swinir_bytes,  # noqa: F401
                                torch_bytes, zoo_env)
 from pipelines import CheckpointError, load_model, zoo
-from pipelines.download import (ChecksumError, DownloadError, IncompleteDownloadError, fetch, part_path,
-                                record_path, verify_cached)
+from pipelines.download import (ChecksumError, DownloadError, IncompleteDownloadError, UnsafeDownloadError, fetch,
+                                part_path, record_path, verify_cached)
 
 MB = 1 << 20
 
@@ -247,3 +247,45 @@ def test_verify_cached_records_then_checks(tmp_path):
     record_path(path).write_text("{not json")
     with pytest.raises(ChecksumError, match="unreadable"):
         verify_cached(path)
+
+
+# -- where a download may go, and how much it may bring --------------------------------------------
+
+
+# "Another host" in these tests is 0.0.0.0:9, not in the allowed list: were the check ever broken,
+# the connection would still stay on this machine (and be refused), never leave it.
+@pytest.mark.parametrize("location", ["http://0.0.0.0:9/files/model.pth", "ftp://127.0.0.1/model.pth",
+                                      "file:///etc/passwd"])
+def test_a_redirect_off_https_is_refused_before_it_is_followed(server, tmp_path, location):
+    """http is only for this machine; a redirect to plain http elsewhere (or another scheme) is not
+    followed: no connection is made to it."""
+    server.add("model.pth", blob(MB))
+    server.redirect_to["model.pth"] = location
+    with pytest.raises(UnsafeDownloadError) as err:
+        fetch(server.redirect_url("model.pth"), tmp_path / "model.pth", progress=False, timeout=5)
+    assert "only https URLs are followed" in one_line(err) and location in str(err.value)
+    assert [r.status for r in server.requests] == [302], "nothing fetched after the hop"
+    assert files_in(tmp_path) == []
+
+
+def test_plain_http_to_another_host_is_refused_without_connecting(tmp_path):
+    with pytest.raises(UnsafeDownloadError, match="only https URLs are followed"):
+        fetch("http://0.0.0.0:9/files/model.pth", tmp_path / "model.pth", progress=False, timeout=5)
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_download_over_the_size_cap_is_refused_and_nothing_kept(server, tmp_path, monkeypatch, declared):
+    """Refused from the Content-Length, or, for a server that does not declare one, as soon as the body
+    passes the cap (it is not read to the end)."""
+    monkeypatch.setenv("NYSTRA_MAX_DOWNLOAD_MB", "1")
+    server.add("big.pth", blob(3 * MB))
+    server.omit_length = not declared
+    with pytest.raises(UnsafeDownloadError) as err:
+        fetch(server.url("big.pth"), tmp_path / "big.pth", progress=False)
+    assert "over the 1 MB cap" in one_line(err) and "NYSTRA_MAX_DOWNLOAD_MB" in str(err.value)
+    assert files_in(tmp_path) == []
+    monkeypatch.setenv("NYSTRA_MAX_DOWNLOAD_MB", "4")
+    server.omit_length = False
+    fetch(server.url("big.pth"), tmp_path / "big.pth", progress=False)
+    assert (tmp_path / "big.pth").stat().st_size == 3 * MB

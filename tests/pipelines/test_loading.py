@@ -96,3 +96,63 @@ def test_swinir_with_an_inconsistent_window(tmp_path):
     path = tmp_path / "broken.pth"
     torch.save(sd, path)
     assert "relative_position_bias_table" in load_error(path)
+
+
+# -- hostile files: refused before anything large is allocated -------------------------------------
+
+
+def _safetensors(path, header, data: bytes = b"") -> None:
+    import json
+    import struct
+
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
+@pytest.mark.parametrize("case", ["huge tensor", "overlapping tensors", "huge header"])
+def test_a_safetensors_header_that_lies_is_refused_without_allocating(tmp_path, case):
+    from streamer.process_env import peak_rss_bytes
+
+    path = tmp_path / "hostile.safetensors"
+    if case == "huge tensor":      # 4 TiB declared, 16 bytes present
+        _safetensors(path, {"w": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 1 << 42]}},
+                     b"\0" * 16)
+    elif case == "overlapping tensors":
+        _safetensors(path, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                            "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, b"\0" * 24)
+    else:                          # a 1 TiB header length
+        path.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    before = peak_rss_bytes()
+    assert "not a valid safetensors file" in load_error(path)
+    assert peak_rss_bytes() - before < 64 << 20
+
+
+def test_a_zip_checkpoint_that_inflates_is_refused_before_loading(tmp_path):
+    """torch.load inflates compressed members to their declared size: here 256 MiB from a file of
+    about 0.3 MB (a 1 TB one would be as small). The archive's directory says so before any inflating."""
+    import zipfile
+
+    from streamer.process_env import peak_rss_bytes
+
+    plain, bomb = tmp_path / "plain.pth", tmp_path / "bomb.pth"
+    torch.save({"w": torch.zeros(1 << 26)}, plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        for name in source.namelist():
+            out.writestr(name, source.read(name))
+    plain.unlink()
+    assert bomb.stat().st_size < 2 << 20
+    before = peak_rss_bytes()
+    assert "a decompression bomb" in load_error(bomb)
+    assert peak_rss_bytes() - before < 64 << 20
+
+
+def test_a_compressed_but_honest_checkpoint_still_loads(tmp_path):
+    """Re-zipped with deflate, real weights shrink little: such a file is not refused."""
+    import zipfile
+
+    plain, packed = tmp_path / "plain.pth", tmp_path / "packed.pth"
+    torch.save(SwinIR(SMALL).state_dict(), plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        for name in source.namelist():
+            out.writestr(name, source.read(name))
+    assert load_model(packed).info.scale == 2

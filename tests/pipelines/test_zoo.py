@@ -243,6 +243,10 @@ BAD_FILES = {
     "arch": ("presets:\n  - " + GOOD.replace("arch: swinir", "arch: edsr"), "unknown arch 'edsr'"),
     "name": ("presets:\n  - " + GOOD.replace("name: test-x", "name: ../Test"), "name must be lowercase"),
     "file-path": ("presets:\n  - " + GOOD.replace("file: x.pth", "file: ../x.pth"), "plain file name"),
+    "file-climbs": ("presets:\n  - " + GOOD.replace("file: x.pth", "file: models/../../../x.pth"), "plain file name"),
+    "file-backslash": ("presets:\n  - " + GOOD.replace("file: x.pth", "file: '..\\\\x.pth'"), "plain file name"),
+    "python-tag": ("presets:\n  - " + GOOD.replace("description: d", "description: !!python/object/apply:os.system "
+                                                 "['touch /tmp/nystra-pwned']"), "not valid YAML at line"),
     "file-suffix": ("presets:\n  - " + GOOD.replace("file: x.pth", "file: x.zip"), "file must end in"),
     "two-sources": ("presets:\n  - " + GOOD + "    page: https://example.org/p\n", "exactly one of url"),
     "no-source": ("presets:\n  - " + GOOD.replace("    url: https://example.org/{file}\n", ""),
