@@ -123,6 +123,10 @@ class Options:
     threads_per_worker: Optional[int] = _option(
         None, "execution", "torch threads per worker (default: cores // workers, all cores for 0)",
         metavar="N", minimum=1)
+    worker_timeout: Optional[float] = _option(
+        None, "execution", "seconds one work item may take in a CPU worker process before the worker counts "
+        "as hung: it is killed and replaced, the item retried (default: 10x the slowest item so far, at least "
+        "60)", metavar="S", minimum=1)
     fp16: bool = _option(False, "execution", "half precision (CUDA only)")
     tile: Optional[int] = _option(   # 0 = whole frames; None: 512, video models 128 (x4) / 256
         None, "execution", f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE}; video models "
@@ -309,4 +313,5 @@ def make_worker(model: nn.Module, info: ModelInfo, opts: Options) -> Worker:
     workers = DEFAULT_WORKERS if opts.workers is None else opts.workers
     if workers == 0:
         return DeviceWorker(model, device="cpu", threads=opts.threads_per_worker, sigma=opts.sigma)
-    return CpuPool(model, workers, threads_per_worker=opts.threads_per_worker, scale=info.scale, sigma=opts.sigma)
+    return CpuPool(model, workers, threads_per_worker=opts.threads_per_worker, scale=info.scale, sigma=opts.sigma,
+                   item_timeout=opts.worker_timeout)

@@ -10,6 +10,11 @@ a lock held that others need. The parent waits on every worker's result pipe and
 sentinel at once: a death is seen immediately, the worker is replaced and its unfinished
 items are retried (an item that keeps killing workers fails the run). Workers ignore SIGINT
 (the parent handles Ctrl-C) and ask the kernel to kill them if the parent dies.
+
+A worker that stops answering (stopped, deadlocked, swapping) is a death too: once its oldest item
+has been running longer than the item timeout (``item_timeout``, the CLI's ``--worker-timeout``;
+by default 10x the slowest item seen so far and at least :data:`MIN_ITEM_TIMEOUT_S`, since an RVRT
+clip tile can take minutes on a CPU), it is killed, replaced and its items retried.
 """
 from __future__ import annotations
 
@@ -125,6 +130,10 @@ class _Slot:
     busy: bool = False
 
 
+MIN_ITEM_TIMEOUT_S = 60.0
+_TIMEOUT_OVER_SLOWEST = 10
+
+
 class _Process:
     """The parent's handle on one worker process."""
 
@@ -142,6 +151,12 @@ class _Process:
         self.in_flight: Deque[Tuple[int, int]] = deque()   # (item index, slot) in FIFO order
         self.ready = False
         self.peak_rss = 0
+        self.clock: Optional[float] = None   # since when its oldest in-flight item has been its to do
+        self.hung_after: Optional[float] = None   # set when it was killed for not answering
+
+    def restart_clock(self) -> None:
+        """Its oldest item became its current job now (dispatched, or the one before it came back)."""
+        self.clock = time.monotonic() if self.in_flight and self.ready else None
 
     def free_slot(self) -> Optional[int]:
         for i, slot in enumerate(self.slots):
@@ -171,7 +186,7 @@ class CpuPool:   # implements streamer.workers.Worker
 
     def __init__(self, model: nn.Module, workers: int, threads_per_worker: Optional[int] = None,
                  depth: int = 2, max_retries: int = 2, scale: Optional[int] = None,
-                 sigma: Optional[float] = None) -> None:
+                 sigma: Optional[float] = None, item_timeout: Optional[float] = None) -> None:
         if workers < 1:
             raise ValueError("a CPU pool needs at least one worker")
         info = describe_model(model)
@@ -182,6 +197,10 @@ class CpuPool:   # implements streamer.workers.Worker
         self.threads = threads_per_worker or max(1, cpu_cores() // workers)
         self.depth = depth
         self.max_retries = max_retries
+        if item_timeout is not None and item_timeout <= 0:
+            raise ValueError(f"item_timeout must be positive, got {item_timeout}")
+        self.item_timeout = item_timeout
+        self._slowest_item = 0.0
         self.scale = scale if scale is not None else info.scale
         self.counters = WorkerCounters()
         self._ctx = torch_mp.get_context("spawn")
@@ -286,17 +305,23 @@ class CpuPool:   # implements streamer.workers.Worker
                 kind, index, payload, extra = message
                 if kind == "ready":
                     proc.ready = True
+                    proc.restart_clock()
                 elif kind == "fatal":
                     raise ProcessingError(f"worker process could not start: {type(payload).__name__}: "
                                           f"{one_line(payload)}") from payload
                 elif kind == "error":
                     failed[index] = (payload, extra)
                     self._release(proc, index)
+                    proc.restart_clock()
                 elif kind == "ok":
                     finished[index] = self._collect(proc, index, payload)
+                    proc.restart_clock()
                     seconds, fallbacks = extra
                     self.counters.busy_seconds += seconds
                     self.counters.attention_fallbacks += fallbacks
+                    self._slowest_item = max(self._slowest_item, seconds)
+            for proc in self._hung():
+                retry.extend(self._replace(proc, items))
             while next_emit in finished or next_emit in failed:
                 if next_emit in failed:
                     payload, extra = failed[next_emit]
@@ -304,6 +329,25 @@ class CpuPool:   # implements streamer.workers.Worker
                 emit(finished.pop(next_emit))
                 items.pop(next_emit)
                 next_emit += 1
+
+    def current_item_timeout(self) -> float:
+        """How long one item may take before its worker counts as hung (see the module doc)."""
+        if self.item_timeout is not None:
+            return self.item_timeout
+        return max(MIN_ITEM_TIMEOUT_S, _TIMEOUT_OVER_SLOWEST * self._slowest_item)
+
+    def _hung(self) -> List[_Process]:
+        """Workers whose current item has run past the timeout, killed (their death is then
+        handled like any other: replaced, items retried)."""
+        limit, now = self.current_item_timeout(), time.monotonic()
+        hung = []
+        for proc in self._procs:
+            if proc.clock is not None and now - proc.clock > limit:
+                proc.hung_after = now - proc.clock
+                proc.proc.kill()   # SIGKILL also ends a stopped (SIGSTOP) process
+                proc.proc.join(1.0)
+                hung.append(proc)
+        return hung
 
     def _free_worker(self) -> Optional[_Process]:
         best = None
@@ -331,6 +375,8 @@ class CpuPool:   # implements streamer.workers.Worker
         slot.in_buf[:need_in].numpy().reshape(data.shape)[...] = data
         slot.busy = True
         proc.in_flight.append((item.index, slot_id))
+        if len(proc.in_flight) == 1:
+            proc.restart_clock()
         try:
             proc.tasks.send(("item", item.index, slot_id, tuple(data.shape)))
         except (OSError, ValueError):
@@ -386,6 +432,8 @@ class CpuPool:   # implements streamer.workers.Worker
         proc.proc.join(0.5)
         code = proc.proc.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if proc.hung_after is not None:
+            how = f"stopped answering: no result for {proc.hung_after:.0f} s, killed"
         lost = [index for index, _ in proc.in_flight]
         self._procs.remove(proc)
         proc.stop(grace=0)

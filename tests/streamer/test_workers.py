@@ -21,7 +21,8 @@ from streamer.flow import Stopped, WorkItemError
 from streamer.pool import CpuPool
 from streamer.process_env import cpu_cores
 from streamer.workers import DeviceWorker
-from toy_models import Brighten, FailOnBright, Identity, KillOnBright, Slow, SlowBandFailOnBright, ThreadCount
+from toy_models import (Brighten, FailOnBright, Identity, KillOnBright, Slow, SlowBandFailOnBright, StopOnBright,
+                        ThreadCount)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -148,6 +149,31 @@ def test_pool_gives_up_on_an_item_that_keeps_killing_workers(tmp_path):
     with pytest.raises(WorkItemError, match=r"frame 5 .*died \(signal 9\) 2 times"):
         run_worker(pool, items)
     assert len(list(tmp_path.glob("killed-*"))) == 2
+
+
+@pytest.mark.slow
+def test_pool_replaces_a_worker_that_stops_answering_and_retries_its_item(tmp_path):
+    """A worker SIGSTOPped in the middle of an item neither answers nor dies: after the item timeout
+    it is killed and replaced, and its item retried; the frames come out exact, in order."""
+    items = cut(graded_frames(8), tile=16, overlap=4)
+    pool = CpuPool(StopOnBright(threshold=105 / 255, marker_dir=str(tmp_path), times=1), workers=2,
+                   item_timeout=2.0)
+    started = time.monotonic()
+    results = run_worker(pool, items)
+    assert len(list(tmp_path.glob("stopped-*"))) == 1, "a worker really stopped"
+    assert pool.counters.restarts == 1
+    assert_identity(results, items)
+    assert time.monotonic() - started < 60, "noticed after the 2 s timeout, not never"
+
+
+def test_the_default_item_timeout_follows_the_slowest_item():
+    pool = CpuPool(Identity(), workers=1)
+    assert pool.current_item_timeout() == 60.0
+    pool._slowest_item = 30.0
+    assert pool.current_item_timeout() == 300.0
+    assert CpuPool(Identity(), workers=1, item_timeout=5).current_item_timeout() == 5
+    with pytest.raises(ValueError, match="item_timeout must be positive"):
+        CpuPool(Identity(), workers=1, item_timeout=0)
 
 
 @pytest.mark.slow

@@ -126,6 +126,21 @@ class KillOnBright(nn.Module):
         return x + self.zero
 
 
+class StopOnBright(KillOnBright):
+    """Like :class:`KillOnBright`, but SIGSTOPs its own process: a worker that stops answering
+    without dying (the pool must notice, kill and replace it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if float(x.mean()) > self.threshold:
+            for slot in range(self.times):
+                try:
+                    os.close(os.open(Path(self.marker_dir) / f"stopped-{slot}", os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    continue
+                os.kill(os.getpid(), signal.SIGSTOP)
+        return x + self.zero
+
+
 class TemporalMean(nn.Module):
     """A "video model": every output frame is the clip's mean frame (clip_len frames)."""
 
