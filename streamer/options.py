@@ -31,7 +31,7 @@ from .encoding import EncoderSettings, encoder_options, video_encoder
 from .errors import UsageError
 from .pool import CpuPool
 from .process_env import cpu_cores
-from .sources import DECODERS
+from .sources import DECODERS, DEFAULT_MAX_DECODE_ERRORS
 from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
                       DEFAULT_VIDEO_TILE_OVERLAP, check_window_options)
 from .workers import DeviceWorker, Worker
@@ -142,6 +142,10 @@ class Options:
         None, "execution", "frames shared by consecutive clips, blended with linear ramps (default clip-len // 4)",
         metavar="N")
     decoder: str = _option("pyav", "execution", "file decoder (default pyav)", choices=lambda: DECODERS)
+    max_decode_errors: int = _option(
+        DEFAULT_MAX_DECODE_ERRORS, "execution", "video packets of a damaged input that may fail to decode "
+        f"(skipped, leaving a gap) before the run stops (default {DEFAULT_MAX_DECODE_ERRORS})", metavar="N",
+        minimum=0)
     # -- output ----------------------------------------------------------------------------
     codec: Optional[str] = _option(None, "output", "video encoder (default libx264; libvpx-vp9 for .webm)")
     crf: Optional[int] = _option(None, "output", "encoder quality (codec default if unset)", metavar="Q")

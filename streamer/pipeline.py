@@ -79,6 +79,8 @@ class Stats:
     attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
     prefilter: Optional[str] = None         # whole-frame step before the model, if any
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
+    decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
+    frames_damaged: int = 0                 # input frames decoded with errors concealed
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -217,7 +219,7 @@ class Run:
     def prepare(self) -> None:
         opts = self.opts
         check_options(opts)
-        self.source = open_source(self.input, decoder=opts.decoder)
+        self.source = open_source(self.input, decoder=opts.decoder, max_decode_errors=opts.max_decode_errors)
         check_output_path(self.output, input_path=self.input)
         check_encoder(opts, self.output)
         model, self.stats.model = prepare_model(opts)
@@ -345,6 +347,7 @@ class Run:
         stats.worker_restarts = counters.restarts
         stats.attention_fallbacks = counters.attention_fallbacks
         stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
+        stats.decode_errors, stats.frames_damaged = self.source.decode_errors, self.source.frames_damaged
         if self._latencies:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))

@@ -31,8 +31,16 @@ log = logging.getLogger(__name__)
 
 DECODERS = ("pyav", "decord")
 
+# Packets that may fail to decode before a run gives up (``--max-decode-errors``). FFmpeg
+# conceals most damage inside frames (counted as ``frames_damaged``, restored as decoded);
+# this counts only packets it could not decode at all. 200 is 0.1 % of a two-hour film at
+# 24 fps: enough for the scattered glitches of a broadcast recording or a scratched disc
+# image, while a file that is mostly garbage still stops early with one line.
+DEFAULT_MAX_DECODE_ERRORS = 200
 
-def open_source(spec: str, decoder: str = "pyav") -> "VideoSource":
+
+def open_source(spec: str, decoder: str = "pyav",
+                max_decode_errors: int = DEFAULT_MAX_DECODE_ERRORS) -> "VideoSource":
     """Open ``spec`` (a file path for now) for reading; raise :class:`UsageError` with one line
     if it cannot be read as a video."""
     if decoder not in DECODERS:
@@ -44,7 +52,7 @@ def open_source(spec: str, decoder: str = "pyav") -> "VideoSource":
         # Live inputs arrive in a later issue: they will get their own subclass here.
         raise UsageError(f"network and device inputs are not supported yet: {spec}")
     check_input_file(spec)
-    source = PyAVSource(spec)
+    source = PyAVSource(spec, max_decode_errors=max_decode_errors)
     if decoder == "decord":
         return _decord_or_fallback(source)
     return source
@@ -82,7 +90,9 @@ def check_input_file(path: str) -> None:
 class VideoSource:
     """Base class: ``info`` describes the video stream, iteration yields frames once.
 
-    Subclasses implement :meth:`_frames` and :meth:`_close`.
+    Subclasses implement :meth:`_frames` and :meth:`_close`. ``decode_errors`` counts packets
+    that could not be decoded (skipped), ``frames_damaged`` frames the decoder flagged as
+    corrupt (errors concealed) and passed on.
     """
 
     info: VideoInfo
@@ -91,6 +101,8 @@ class VideoSource:
     def __init__(self) -> None:
         self._iterated = False
         self._closed = False
+        self.decode_errors = 0
+        self.frames_damaged = 0
 
     def __iter__(self) -> Iterator[Frame]:
         if self._closed:
@@ -209,36 +221,61 @@ def _tag(frame_value, stream_value, unspecified: int) -> Optional[int]:
 
 
 class PyAVSource(VideoSource):
-    """Decodes the first video stream of anything FFmpeg opens, with threaded decoding."""
+    """Decodes the first video stream of anything FFmpeg opens, with threaded decoding.
 
-    def __init__(self, path: str, options: Optional[dict] = None) -> None:
+    Damaged input is restored as far as FFmpeg can decode it, as ``ffmpeg -i`` plays it:
+    frames with concealed errors pass on (counted), packets that do not decode at all are
+    skipped (counted) and their frames leave a gap in the timeline, since every frame keeps
+    its own pts. Only past ``max_decode_errors`` such packets does the run stop.
+    A picture attached as cover art (MP3, M4A) is not a video stream.
+    """
+
+    def __init__(self, path: str, options: Optional[dict] = None,
+                 max_decode_errors: int = DEFAULT_MAX_DECODE_ERRORS) -> None:
         super().__init__()
         self.path = path
+        self.max_decode_errors = max_decode_errors
         shown = display_path(path)
         try:
             self._container = av.open(path, "r", options=options or {})
         except (av.FFmpegError, OSError) as err:
             raise UsageError(f"cannot read {shown} as a video file: {describe_av_error(err)}") from None
         try:
-            if not self._container.streams.video:
-                raise UsageError(f"no video stream in {shown}")
-            self._stream = self._container.streams.video[0]
+            self._stream = _video_stream(self._container, shown)
             # AUTO = frame and slice threads: decoding keeps up with the model without our help.
             self._stream.thread_type = "AUTO"
             self._stream.thread_count = 0
-            self._decoded = self._container.decode(self._stream)
+            self._decoded = self._decode()
             try:
                 first = next(self._decoded)
             except StopIteration:
                 raise UsageError(f"no decodable video frame in {shown}") from None
-            except (av.FFmpegError, ValueError) as err:
-                raise UsageError(f"cannot decode the video in {shown}: {describe_av_error(err)}") from None
+            except ProcessingError as err:
+                raise UsageError(str(err)) from None
             self.info = _video_info(self._container, self._stream, first)
         except BaseException:
             self._container.close()
             raise
         self._first: Optional[av.VideoFrame] = first
         self._pts = PtsRepair(self.info.time_base, self.info.average_rate)
+
+    def _decode(self) -> Iterator["av.VideoFrame"]:
+        """The stream's frames in presentation order, skipping packets that fail to decode."""
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()   # the last (empty) packet flushes the decoder
+            except av.FFmpegError as err:
+                self.decode_errors += 1
+                if self.decode_errors > self.max_decode_errors:
+                    raise ProcessingError(
+                        f"{display_path(self.path)}: more than {self.max_decode_errors} video packets failed "
+                        f"to decode (last: {describe_av_error(err)}); the file is too damaged "
+                        f"(--max-decode-errors N raises the limit)") from None
+                continue
+            for vf in frames:
+                if vf.is_corrupt:
+                    self.frames_damaged += 1
+                yield vf
 
     def _frames(self) -> Iterator[Frame]:
         index = 0
@@ -252,9 +289,9 @@ class PyAVSource(VideoSource):
                         vf = next(self._decoded)
                     except StopIteration:
                         break
-                    except av.FFmpegError as err:
+                    except (av.FFmpegError, ValueError) as err:   # demuxing itself failed
                         raise ProcessingError(
-                            f"decoding {display_path(self.path)} failed at frame {index}: "
+                            f"reading {display_path(self.path)} failed at frame {index}: "
                             f"{describe_av_error(err)}") from None
                 # to_ndarray converts with the frame's own matrix and range tags.
                 image = vf.to_ndarray(format="rgb24")
@@ -264,10 +301,31 @@ class PyAVSource(VideoSource):
             if self._pts.repaired:
                 log.warning("%s: %d frame(s) had missing or non-increasing timestamps; "
                             "synthesised them", display_path(self.path), self._pts.repaired)
+            if self.decode_errors or self.frames_damaged:
+                log.warning("%s is damaged: %d video packet(s) could not be decoded and were skipped (a gap "
+                            "in the timeline), %d frame(s) had errors concealed by the decoder",
+                            display_path(self.path), self.decode_errors, self.frames_damaged)
 
     def _close(self) -> None:
         self._first = None
         self._container.close()
+
+
+def _video_stream(container: "av.container.InputContainer", shown: str) -> "av.video.stream.VideoStream":
+    """The first video stream that is not an attached picture (cover art)."""
+    streams = list(container.streams.video)
+    moving = [st for st in streams if not _is_attached_picture(st)]
+    if not moving:
+        if streams:
+            raise UsageError(f"no video stream in {shown} (only a cover picture)")
+        raise UsageError(f"no video stream in {shown}")
+    return moving[0]
+
+
+def _is_attached_picture(stream: "av.stream.Stream") -> bool:
+    disposition = stream.disposition
+    flag = getattr(av.stream.Disposition, "attached_pic", None)
+    return bool(flag is not None and disposition & flag)
 
 
 # --- decord --------------------------------------------------------------------------------------
