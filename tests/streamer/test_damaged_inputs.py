@@ -6,9 +6,11 @@ some packets' bytes replaced by garbage (the kind of damage a bad sector or a lo
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import List, Sequence
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 from streamer import cli
-from streamer.sources import open_source
+from streamer.sources import BYTES_PER_PIXEL_AT_PEAK, open_source
 
 FRAMES = 48
 
@@ -130,3 +132,60 @@ def test_an_mp3_with_a_cover_picture_is_not_a_video(tmp_path, capsys):
     assert err == [f"nystra-stream: error: no video stream in {song} (only a cover picture)"] or \
         (len(err) == 1 and err[0].endswith("(only a cover picture)")), err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def _declare_huge_frames(path: Path, side: int) -> None:
+    """A Matroska file whose header declares ``side`` x ``side`` raw grey frames, with one tiny packet."""
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("rawvideo", rate=25)
+        st.width = st.height = side
+        st.pix_fmt = "gray"
+        out.start_encoding()
+        packet = av.Packet(b"\0" * 4096)
+        packet.pts = packet.dts = 0
+        packet.time_base = Fraction(1, 1000)
+        packet.stream = st
+        out.mux(packet)
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+def test_a_header_declaring_huge_frames_is_refused_with_the_memory_it_needs(tmp_path):
+    huge = tmp_path / "huge.mkv"
+    _declare_huge_frames(huge, 16000)
+    run = subprocess.run([sys.executable, "-m", "streamer.cli", str(huge), str(tmp_path / "out.mp4"), "--task",
+                          "denoise", "-q"], preexec_fn=_limit_memory, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "declares 16000x16000 frames" in lines[0] and "GiB" in lines[0], lines
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.slow
+def test_an_8k_input_restores_with_bounded_memory(tmp_path):
+    src = tmp_path / "8k.mkv"
+    with av.open(str(src), "w") as out:
+        st = out.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+        st.width, st.height, st.pix_fmt = 7680, 4320, "yuv420p"
+        ramp = np.linspace(0, 200, 7680, dtype=np.uint8)[None, :, None].repeat(4320, 0).repeat(3, 2)
+        for _ in range(2):
+            for packet in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(ramp), format="rgb24")):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    # A fresh process, so that its peak RSS is this run's alone.
+    code = ("import json, sys, streamer; from toy_models import Brighten; "
+            "s = streamer.run(sys.argv[1], sys.argv[2], model=Brighten(), workers=0, preset='ultrafast'); "
+            "print(json.dumps(s.to_dict()))")
+    run = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out.mkv")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(run.stdout.strip().splitlines()[-1])
+    assert stats["frames_out"] == 2
+    # Tiled by default: the peak is decoded frames and the float canvas, within what the
+    # refusal rule assumes (BYTES_PER_PIXEL_AT_PEAK; measured 2.3 GB here).
+    assert stats["peak_rss_mb"] < 7680 * 4320 * BYTES_PER_PIXEL_AT_PEAK / 2**20, stats["peak_rss_mb"]
