@@ -5,6 +5,7 @@
     nystra-stream INPUT OUTPUT --task video-denoise --sigma 25 [options]
     nystra-stream INPUT OUTPUT --model NAME [options]   # a preset, downloaded on first use
     nystra-stream models                      # list the model presets and their cache state
+    nystra-stream batch JOBS.yaml [--dry-run] [--force] [--only NAME ...] [--jobs N] [--report PATH]
 
 Exit codes: 0 done, 2 bad usage or input (including unusable checkpoints), 1 failure while
 processing, 130 interrupted. Errors are one line on stderr: ``nystra-stream: error: ...``.
@@ -188,6 +189,14 @@ def _cli(argv: Optional[List[str]]) -> int:
                 return 0
             return list_models()
         return _fail(f"`{PROG} models` takes no arguments (got {' '.join(argv[1:])})", 2)
+    if argv[:1] == ["batch"]:
+        from .batch import command as batch_command
+        from .errors import UsageError
+        logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
+        try:
+            return batch_command.run(argv[1:])
+        except UsageError as err:
+            return _fail(str(err), 2)
     args = build_parser().parse_args(argv)
     logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
     return _main(args)

@@ -207,17 +207,21 @@ def options_from_mapping(values: Mapping[str, Any]) -> Options:
     return Options(**given)
 
 
+def check_option_value(option: OptionField, value: Any) -> None:
+    """One option's own rules (its choices and lower bound); ``None`` is always allowed."""
+    if value is None:
+        return
+    flag = option.flag
+    if flag.choices is not None and value not in flag.choices():
+        raise UsageError(f"unknown {option.name} {value!r} (choose from {', '.join(flag.choices())})")
+    if flag.minimum is not None and value < flag.minimum:
+        raise UsageError(f"{flag.flags(option.name)[0].flag} must be >= {flag.minimum:g}, got {value}")
+
+
 def check_options(opts: Options) -> None:
     """The checks that need neither the input nor the model."""
     for option in option_fields():
-        value = getattr(opts, option.name)
-        if value is None:
-            continue
-        flag = option.flag
-        if flag.choices is not None and value not in flag.choices():
-            raise UsageError(f"unknown {option.name} {value!r} (choose from {', '.join(flag.choices())})")
-        if flag.minimum is not None and value < flag.minimum:
-            raise UsageError(f"{flag.flags(option.name)[0].flag} must be >= {flag.minimum:g}, got {value}")
+        check_option_value(option, getattr(opts, option.name))
     if opts.task is None and opts.model is None:
         raise UsageError(f"give a task ({', '.join(zoo.TASKS)}) or a model")
     overlap = opts.clip_overlap or 0

@@ -17,11 +17,12 @@ Codec options (crf/preset per encoder) and the pixel-format choice for odd sizes
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import secrets
 from collections import deque
-from typing import Deque, Dict, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Tuple
 
 import av
 
@@ -84,6 +85,13 @@ def _temp_path(path: str) -> str:
     directory, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
     return os.path.join(directory, f".{stem}.partial-{secrets.token_hex(4)}{ext}")
+
+
+def partial_files(path: str) -> List[str]:
+    """Temporary files of ``path`` (:func:`_temp_path`) left by a process killed mid-write."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    return glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(stem)}.partial-*{glob.escape(ext)}"))
 
 
 def _container_accepts(output: "av.container.OutputContainer", codec: "av.Codec") -> bool:

@@ -1,0 +1,113 @@
+"""``nystra-stream batch JOBS.yaml``: validate, plan, skip what is done, run the rest, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from typing import List, Optional
+
+import av
+from tqdm import tqdm
+
+from ..errors import UsageError
+from . import manifest, report
+from .executors import LocalExecutor, Outcome
+from .plan import Task, plan
+from .schema import validate
+from .yamlfile import load
+
+log = logging.getLogger(__name__)
+PROG = "nystra-stream batch"
+EXECUTORS = ("local",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Run the restoration jobs of a YAML job file: each "
+                                     "finished job is recorded and skipped next time.")
+    parser.add_argument("jobs_file", metavar="JOBS.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (jobs, outputs, run or skip and "
+                        "why, resolved settings) and run nothing")
+    parser.add_argument("--force", action="store_true", help="redo every job, done or not")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=[], help="run only these jobs")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs at once, sharing the cores "
+                        "(default 1)")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local", help="where jobs run (default local)")
+    parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-job lines")
+    return parser
+
+
+def _frames_of(path: str) -> Optional[int]:
+    """The input's frame count as its container states it (no decoding), None if unknown."""
+    try:
+        with av.open(path) as container:
+            st = container.streams.video[0]
+            if st.frames:
+                return st.frames
+            if st.duration is not None and st.average_rate:
+                return int(round(float(st.duration * st.time_base * st.average_rate)))
+    except (av.FFmpegError, OSError, IndexError):
+        pass
+    return None
+
+
+def run(argv: List[str], out=None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1:
+        raise UsageError("--jobs must be >= 1")
+    tasks = plan(validate(load(args.jobs_file)), only=args.only)
+    decisions = [(False, "--force") if args.force else manifest.decide(t.input, t.output, t.options) for t in tasks]
+    if args.dry_run:
+        for task, (skip, why) in zip(tasks, decisions):
+            settings = ", ".join(f"{k}={v}" for k, v in sorted(task.options.items())) or "defaults"
+            print(f"{'skip' if skip else 'run '}  {task.name}: {task.input} -> {task.output}  ({why}; {settings})",
+                  file=out)
+        return 0
+    for task in tasks:
+        if task.segments not in ("off", 1):
+            log.warning("%s: segment-parallel runs are not built yet; restoring it as one task", task.name)
+    skipped = [Outcome(t, "skipped", why=why) for t, (skip, why) in zip(tasks, decisions) if skip]
+    todo = [t for t, (skip, _) in zip(tasks, decisions) if not skip]
+    outcomes = _execute(todo, skipped, args, out)
+    entries = [report.entry(o) for o in outcomes]
+    if not args.quiet:
+        print(report.table(entries), file=out)
+    if args.report:
+        report.write_report(args.report, args.jobs_file, args.executor, entries)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _execute(todo: List[Task], skipped: List[Outcome], args: argparse.Namespace, out) -> List[Outcome]:
+    totals = {t.name: _frames_of(t.input) or 0 for t in todo}
+    done = {t.name: 0 for t in todo}
+    lock = threading.Lock()
+    bar = tqdm(total=sum(totals.values()) or None, unit="frame", disable=args.quiet or not todo,
+               file=sys.stderr, dynamic_ncols=True)
+    for outcome in skipped:
+        if not args.quiet:
+            tqdm.write(report.line(outcome), file=out)
+
+    def progress(task: Task, frames: int, total: Optional[int]) -> None:
+        with lock:
+            if total and total != totals[task.name]:
+                bar.total = (bar.total or 0) + total - totals[task.name]
+                totals[task.name] = total
+            bar.update(max(0, frames - done[task.name]))
+            done[task.name] = max(done[task.name], frames)
+
+    def finished(outcome: Outcome) -> None:
+        with lock:
+            if outcome.status == "done":
+                bar.update(max(0, outcome.stats.get("frames_out", 0) - done[outcome.task.name]))
+            if not args.quiet:
+                tqdm.write(report.line(outcome), file=out)
+
+    try:
+        ran = LocalExecutor(args.jobs).run(todo, progress, finished) if todo else []
+    finally:
+        bar.close()
+    order = {id(t): i for i, t in enumerate(todo)}
+    return skipped + sorted(ran, key=lambda o: order[id(o.task)])
