@@ -15,12 +15,13 @@ from ..errors import UsageError
 from . import manifest, report
 from .executors import LocalExecutor, Outcome
 from .plan import Task, plan
+from .ray_executor import RayExecutor
 from .schema import validate
 from .yamlfile import load
 
 log = logging.getLogger(__name__)
 PROG = "nystra-stream batch"
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs at once, sharing the cores "
                         "(default 1)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local", help="where jobs run (default local)")
+    parser.add_argument("--ray-address", metavar="auto|ray://HOST:PORT", help="the Ray cluster to use with "
+                        "--executor ray (default: a Ray instance on this machine, started for the batch)")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-job lines")
     return parser
@@ -106,7 +109,8 @@ def _execute(todo: List[Task], skipped: List[Outcome], args: argparse.Namespace,
                 tqdm.write(report.line(outcome), file=out)
 
     try:
-        ran = LocalExecutor(args.jobs).run(todo, progress, finished) if todo else []
+        executor = RayExecutor(args.ray_address, args.jobs) if args.executor == "ray" else LocalExecutor(args.jobs)
+        ran = executor.run(todo, progress, finished) if todo else []
     finally:
         bar.close()
     order = {id(t): i for i, t in enumerate(todo)}

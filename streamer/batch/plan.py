@@ -36,8 +36,10 @@ class Task:
     line: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "input": self.input, "output": self.output, "options": self.options,
-                "timeout": self.timeout, "retries": self.retries}
+        """What the task process gets: ``options`` may be adjusted to its core share by the executor;
+        ``recorded_options`` are the job file's, which the manifest records."""
+        return {"name": self.name, "input": self.input, "output": self.output, "options": dict(self.options),
+                "recorded_options": self.options, "timeout": self.timeout, "retries": self.retries}
 
 
 def plan(jobs: JobFile, only: Sequence[str] = ()) -> List[Task]:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, NoReturn, Optional
+from typing import Any, Callable, Dict, NoReturn, Optional
 
 from ..process_env import configure_openmp
 
@@ -44,12 +44,21 @@ class _Progress:
                 _say({"progress": [done, total]})
 
 
-def main() -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop)
-    spec = json.loads(sys.stdin.read())
-    configure_openmp()
-    # These import torch, which reads the OpenMP environment once, at import: after it is set.
+class TaskFailed(Exception):
+    """A task that failed: ``code`` as the CLI's (2 bad input or options, 1 processing), one line."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def __reduce__(self):   # (crosses process boundaries: Ray pickles it)
+        return (type(self), (self.code, self.message))
+
+
+def execute(spec: Dict[str, Any], progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Dict[str, Any]:
+    """Restore ``spec["input"]`` into ``spec["output"]`` and record the manifest; the run's stats.
+    Raises :class:`TaskFailed`; ``KeyboardInterrupt`` passes through after the run cleaned up."""
+    # These import torch, which reads the OpenMP environment once, at import: configure_openmp first.
     from pipelines.errors import CheckpointError
 
     from ..errors import StreamerError, UsageError
@@ -60,24 +69,36 @@ def main() -> int:
     try:
         # A job file names outputs in folders of its own: they are made as needed.
         os.makedirs(os.path.dirname(os.path.abspath(spec["output"])), exist_ok=True)
-        options = options_from_mapping({**spec["options"], "progress": _Progress()})
+        options = options_from_mapping({**spec["options"], "progress": progress})
         run = Run(spec["input"], spec["output"], options)
         run.execute()
         stats = run.stats.to_dict()
-        manifest.write(spec["input"], spec["output"], spec["options"], stats)
+        manifest.write(spec["input"], spec["output"], spec["recorded_options"], stats)
+        return stats
+    except (UsageError, CheckpointError) as err:
+        raise TaskFailed(2, " ".join(str(err).split())) from None
+    except StreamerError as err:
+        raise TaskFailed(1, " ".join(str(err).split())) from None
+    except (KeyboardInterrupt, TaskFailed):
+        raise
+    except Exception as err:   # a bug: still one line for the report; the traceback goes to stderr
+        traceback.print_exc()
+        raise TaskFailed(1, f"{type(err).__name__}: {' '.join(str(err).split())}") from None
+
+
+def main() -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    spec = json.loads(sys.stdin.read())
+    configure_openmp()
+    try:
+        stats = execute(spec, _Progress())
     except KeyboardInterrupt:
         _say({"error": "stopped", "code": 130})
         return 130
-    except (UsageError, CheckpointError) as err:
-        _say({"error": " ".join(str(err).split()), "code": 2})
-        return 2
-    except StreamerError as err:
-        _say({"error": " ".join(str(err).split()), "code": 1})
-        return 1
-    except Exception as err:   # a bug: still one line for the report; the traceback goes to stderr
-        traceback.print_exc()
-        _say({"error": f"{type(err).__name__}: {' '.join(str(err).split())}", "code": 1})
-        return 1
+    except TaskFailed as err:
+        _say({"error": err.message, "code": err.code})
+        return err.code
     _say({"result": stats})
     return 0
 
