@@ -32,6 +32,9 @@ class EncoderSettings:
     crf: Optional[int] = None
     preset: Optional[str] = None
     pix_fmt: str = "yuv420p"
+    # No B-frames: decode order = presentation order, so files cut from one stream (segments)
+    # join by stream copy with increasing dts at every seam.
+    no_reordering: bool = False
 
     def for_output(self, path: str) -> "EncoderSettings":
         """These settings with ``codec`` filled in for the output file ``path``."""
@@ -137,8 +140,9 @@ def encoder_options(settings: EncoderSettings) -> Dict[str, str]:
         if settings.crf is not None or settings.preset is not None:
             raise UsageError(f"crf/preset are not supported for codec {settings.codec} "
                              f"(supported: {', '.join(CODECS)})")
-        return {}
-    return profile.options(settings.codec, settings.crf, settings.preset)
+        return {"bf": "0"} if settings.no_reordering else {}
+    options = profile.options(settings.codec, settings.crf, settings.preset)
+    return {**options, "bf": "0"} if settings.no_reordering else options
 
 
 def pick_pix_fmt(codec: "av.Codec", requested: str, width: int, height: int) -> str:

@@ -31,6 +31,7 @@ from .encoding import EncoderSettings, encoder_options, video_encoder
 from .errors import UsageError
 from .pool import CpuPool
 from .process_env import cpu_cores
+from .ranges import FrameRange
 from .sources import DECODERS, DEFAULT_MAX_DECODE_ERRORS
 from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
                       DEFAULT_VIDEO_TILE_OVERLAP, check_window_options)
@@ -158,6 +159,8 @@ class Options:
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8
     cancel: Optional[threading.Event] = None  # set: stop as on Ctrl-C (KeyboardInterrupt)
+    frame_range: Optional[FrameRange] = None  # restore only these frames (a segment of a batch job)
+    copy_streams: bool = True               # audio, subtitles and tags from the input (False: video only)
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,15 @@ from pipelines.deconvolution import make_prefilter
 from pipelines.restorer import describe_model
 
 from .encoding import EncoderSettings
+from .errors import UsageError
 from .flow import Stopped, get, put
 from .frames import Frame
 from .options import (Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
                       options_from_mapping, prepare_model)
 from .process_env import peak_rss_bytes
+from .ranges import FrameIndex, FrameRange
 from .sinks import VideoSink, check_output_path
-from .sources import VideoSource, open_source
+from .sources import PyAVSource, VideoSource, open_source
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
 
@@ -220,6 +222,8 @@ class Run:
         opts = self.opts
         check_options(opts)
         self.source = open_source(self.input, decoder=opts.decoder, max_decode_errors=opts.max_decode_errors)
+        if opts.frame_range is not None:
+            self._restrict(opts.frame_range)
         check_output_path(self.output, input_path=self.input)
         check_encoder(opts, self.output)
         model, self.stats.model = prepare_model(opts)
@@ -236,6 +240,15 @@ class Run:
         self.worker = make_worker(model, info, opts)
         self.stats.worker = self.worker.description
 
+    def _restrict(self, frames: FrameRange) -> None:
+        if not isinstance(self.source, PyAVSource):
+            raise UsageError("a frame range needs the pyav decoder")
+        index = FrameIndex.scan(self.input)
+        if frames.end > len(index):
+            raise UsageError(f"frame range [{frames.start}, {frames.end}) is past the end of {self.input} "
+                             f"({len(index)} frames)")
+        self.source.restrict(index.pts[frames.start], index.pts[frames.end] if frames.end < len(index) else None)
+
     # -- streaming ---------------------------------------------------------------------------
 
     def stream(self) -> None:
@@ -248,9 +261,10 @@ class Run:
         self._started = time.monotonic()
         self.worker.start()   # worker processes load the model while the sink opens and frames decode
         width, height = source.info.width * self.scale, source.info.height * self.scale
-        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset)
+        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
+                                   no_reordering=opts.frame_range is not None)   # (pieces that join)
         self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
-                              streams_from=source.path)
+                              streams_from=source.path if opts.copy_streams else None)
         self._threads = [
             threading.Thread(target=DecodeStage(source, self.cutter, work, state), name="decode", daemon=True),
             threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),

@@ -80,7 +80,7 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _temp_path(path: str) -> str:
+def temp_path(path: str) -> str:
     """A hidden name next to ``path`` that keeps its extension (FFmpeg picks the muxer by it)."""
     directory, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
@@ -88,7 +88,7 @@ def _temp_path(path: str) -> str:
 
 
 def partial_files(path: str) -> List[str]:
-    """Temporary files of ``path`` (:func:`_temp_path`) left by a process killed mid-write."""
+    """Temporary files of ``path`` (:func:`temp_path`) left by a process killed mid-write."""
     directory, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
     return glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(stem)}.partial-*{glob.escape(ext)}"))
@@ -120,7 +120,7 @@ class VideoSink:
         self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
         self._passthrough: Optional[Passthrough] = None
         self._last_end = 0.0        # seconds: where the last written frame ends
-        self._temp = _temp_path(self.path)
+        self._temp = temp_path(self.path)
         self._output: Optional["av.container.OutputContainer"] = None
         self._unmuxed: Deque["av.Packet"] = deque()
 

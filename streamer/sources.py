@@ -241,6 +241,8 @@ class PyAVSource(VideoSource):
         super().__init__()
         self.path = path
         self.max_decode_errors = max_decode_errors
+        self._pts_from: Optional[int] = None     # restrict(): the frame range's pts bounds
+        self._pts_end: Optional[int] = None
         shown = display_path(path)
         try:
             self._container = av.open(path, "r", options=options or {})
@@ -270,6 +272,17 @@ class PyAVSource(VideoSource):
         self._first: Optional[av.VideoFrame] = first
         self._pts = PtsRepair(self.info.time_base, self.info.average_rate)
 
+    def restrict(self, pts_from: int, pts_end: Optional[int]) -> None:
+        """Yield only frames with ``pts_from <= pts < pts_end`` (pts in the stream's time base;
+        ``pts_from`` a keyframe's): seeks there, so decoding starts at that keyframe, as a whole
+        pass would decode it. Call before iterating."""
+        if self._iterated:
+            raise ProcessingError("restrict() must come before iteration")
+        self._first = None
+        self._container.seek(pts_from, stream=self._stream, backward=True, any_frame=False)
+        self._pts_from, self._pts_end = pts_from, pts_end
+        self._decoded = self._decode()
+
     def _decode(self) -> Iterator["av.VideoFrame"]:
         """The stream's frames in presentation order, skipping packets that fail to decode."""
         for packet in self._container.demux(self._stream):
@@ -284,6 +297,10 @@ class PyAVSource(VideoSource):
                         f"(--max-decode-errors N raises the limit)") from None
                 continue
             for vf in frames:
+                if vf.pts is not None and self._pts_from is not None and vf.pts < self._pts_from:
+                    continue   # decoded from the keyframe before the range: not part of it
+                if vf.pts is not None and self._pts_end is not None and vf.pts >= self._pts_end:
+                    return
                 if vf.is_corrupt:
                     self.frames_damaged += 1
                 yield vf

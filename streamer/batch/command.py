@@ -4,15 +4,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import av
 from tqdm import tqdm
 
-from ..errors import UsageError
-from . import manifest, report
+from ..errors import StreamerError, UsageError
+from ..options import VIDEO_TASKS
+from . import manifest, report, segments
 from .executors import LocalExecutor, Outcome
 from .plan import Task, plan
 from .ray_executor import RayExecutor
@@ -69,12 +71,10 @@ def run(argv: List[str], out=None) -> int:
             print(f"{'skip' if skip else 'run '}  {task.name}: {task.input} -> {task.output}  ({why}; {settings})",
                   file=out)
         return 0
-    for task in tasks:
-        if task.segments not in ("off", 1):
-            log.warning("%s: segment-parallel runs are not built yet; restoring it as one task", task.name)
     skipped = [Outcome(t, "skipped", why=why) for t, (skip, why) in zip(tasks, decisions) if skip]
     todo = [t for t, (skip, _) in zip(tasks, decisions) if not skip]
-    outcomes = _execute(todo, skipped, args, out)
+    pieces, whole = _split(todo, args.jobs)
+    outcomes = _join(_execute(pieces, skipped, args, out), whole, args)
     entries = [report.entry(o) for o in outcomes]
     if not args.quiet:
         print(report.table(entries), file=out)
@@ -83,8 +83,68 @@ def run(argv: List[str], out=None) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
+def _split(todo: List[Task], jobs: int) -> tuple:
+    """Segmented tasks replaced by their pieces (those not done before); (pieces, segmented tasks)."""
+    pieces: List[Task] = []
+    whole: Dict[str, List[Task]] = {}
+    for task in todo:
+        count = task.segments
+        if count == "auto":
+            count = segments.auto_segment_count(task.input, jobs)
+        if count in ("off", 1) or count is None:
+            pieces.append(task)
+            continue
+        if task.options.get("task") in VIDEO_TASKS:
+            log.warning("%s: video (clip) models are not split into segments yet; restoring it as one task",
+                        task.name)
+            pieces.append(task)
+            continue
+        plans = segments.plan_segments(task.input, int(count))
+        whole[task.name] = []
+        for plan_ in plans:
+            part = segments.part_path(task.output, plan_.index)
+            piece = Task(f"{task.name}#{plan_.index + 1}", task.input, part,
+                         {**task.options, "frame_range": [plan_.start, plan_.end], "copy_streams": False},
+                         timeout=task.timeout, retries=task.retries, line=task.line, part_of=task)
+            whole[task.name].append(piece)
+            if not os.path.exists(part):   # a part is renamed into place only when complete
+                pieces.append(piece)
+    return pieces, whole
+
+
+def _join(outcomes: List[Outcome], whole: Dict[str, List[Task]], args: argparse.Namespace) -> List[Outcome]:
+    """Each segmented task's parts joined into its output, once all of them are done."""
+    failed = {o.task.name: o for o in outcomes if o.status == "failed"}
+    result = [o for o in outcomes if o.task.part_of is None]
+    for name, parts in whole.items():
+        task = parts[0].part_of
+        done = [o for o in outcomes if o.task.part_of is task and o.status == "done"]
+        bad = [failed[p.name] for p in parts if p.name in failed]
+        seconds = sum(o.seconds for o in done)
+        if bad:
+            outcome = Outcome(task, "failed", error=f"segment {bad[0].task.name}: {bad[0].error}", code=bad[0].code,
+                              seconds=seconds)
+        else:
+            try:
+                segments.join_segments(task.input, [p.output for p in parts], task.output)
+                stats = {"frames_in": sum(p.options["frame_range"][1] - p.options["frame_range"][0] for p in parts),
+                         "segments": len(parts)}
+                stats["frames_out"] = stats["frames_in"]
+                stats["fps"] = stats["frames_out"] / seconds if seconds else 0.0
+                manifest.write(task.input, task.output, task.options, stats)
+                outcome = Outcome(task, "done", stats=stats, seconds=seconds,
+                                  worker=f"{len(parts)} segments")
+            except StreamerError as err:
+                outcome = Outcome(task, "failed", error=" ".join(str(err).split()), code=1, seconds=seconds)
+        if not args.quiet:
+            tqdm.write(report.line(outcome))
+        result.append(outcome)
+    return result
+
+
 def _execute(todo: List[Task], skipped: List[Outcome], args: argparse.Namespace, out) -> List[Outcome]:
-    totals = {t.name: _frames_of(t.input) or 0 for t in todo}
+    totals = {t.name: (t.options["frame_range"][1] - t.options["frame_range"][0]) if t.part_of is not None
+              else _frames_of(t.input) or 0 for t in todo}
     done = {t.name: 0 for t in todo}
     lock = threading.Lock()
     bar = tqdm(total=sum(totals.values()) or None, unit="frame", disable=args.quiet or not todo,
@@ -102,6 +162,10 @@ def _execute(todo: List[Task], skipped: List[Outcome], args: argparse.Namespace,
             done[task.name] = max(done[task.name], frames)
 
     def finished(outcome: Outcome) -> None:
+        if outcome.task.part_of is not None and outcome.status == "done":
+            with lock:
+                bar.update(max(0, outcome.stats.get("frames_out", 0) - done[outcome.task.name]))
+            return
         with lock:
             if outcome.status == "done":
                 bar.update(max(0, outcome.stats.get("frames_out", 0) - done[outcome.task.name]))

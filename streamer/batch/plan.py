@@ -34,12 +34,14 @@ class Task:
     timeout: Optional[float] = None
     retries: int = 0
     line: int = 0
+    part_of: Optional["Task"] = None   # a segment of this task (written to a part file, no manifest)
 
     def to_dict(self) -> Dict[str, Any]:
         """What the task process gets: ``options`` may be adjusted to its core share by the executor;
         ``recorded_options`` are the job file's, which the manifest records."""
         return {"name": self.name, "input": self.input, "output": self.output, "options": dict(self.options),
-                "recorded_options": self.options, "timeout": self.timeout, "retries": self.retries}
+                "recorded_options": self.options, "timeout": self.timeout, "retries": self.retries,
+                "manifest": self.part_of is None}
 
 
 def plan(jobs: JobFile, only: Sequence[str] = ()) -> List[Task]:

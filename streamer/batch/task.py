@@ -64,16 +64,21 @@ def execute(spec: Dict[str, Any], progress: Optional[Callable[[int, Optional[int
     from ..errors import StreamerError, UsageError
     from ..options import options_from_mapping
     from ..pipeline import Run
+    from ..ranges import FrameRange
     from . import manifest
 
     try:
         # A job file names outputs in folders of its own: they are made as needed.
         os.makedirs(os.path.dirname(os.path.abspath(spec["output"])), exist_ok=True)
-        options = options_from_mapping({**spec["options"], "progress": progress})
+        options = dict(spec["options"])
+        if options.get("frame_range") is not None:   # (JSON: a list)
+            options["frame_range"] = FrameRange(*options["frame_range"])
+        options = options_from_mapping({**options, "progress": progress})
         run = Run(spec["input"], spec["output"], options)
         run.execute()
         stats = run.stats.to_dict()
-        manifest.write(spec["input"], spec["output"], spec["recorded_options"], stats)
+        if spec.get("manifest", True):
+            manifest.write(spec["input"], spec["output"], spec["recorded_options"], stats)
         return stats
     except (UsageError, CheckpointError) as err:
         raise TaskFailed(2, " ".join(str(err).split())) from None
