@@ -45,7 +45,7 @@ from .encoding import EncoderSettings
 from .flow import Stopped, get, put
 from .frames import Frame
 from .options import (Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
-                      options_from_mapping, prepare_model)
+                      options_from_mapping, prepare_model, resolve_precision)
 from .process_env import peak_rss_bytes
 from .sinks import VideoSink, check_output_path
 from .sources import VideoSource, open_source
@@ -78,6 +78,8 @@ class Stats:
     worker_restarts: int = 0
     attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
     prefilter: Optional[str] = None         # whole-frame step before the model, if any
+    precision: Optional[str] = None         # fp32 / bf16 / fp16 / int8: what ran (--precision)
+    precision_auto: Optional[dict] = None   # --precision auto: per mode {seconds, psnr} it chose from
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     completed: bool = False
     kept_partial: Optional[str] = None
@@ -231,7 +233,11 @@ class Run:
         self.cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap,
                              info.scale, prefilter=prefilter)
         self.scale = info.scale
-        self.worker = make_worker(model, info, opts)
+        precision, choice = resolve_precision(model, opts)
+        self.stats.precision = precision
+        if choice is not None:
+            self.stats.precision_auto = {m: asdict(v) for m, v in choice.measurements.items()}
+        self.worker = make_worker(model, info, opts, precision)
         self.stats.worker = self.worker.description
 
     # -- streaming ---------------------------------------------------------------------------
