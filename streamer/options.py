@@ -156,6 +156,11 @@ class Options:
     compare: bool = _option(   # side-by-side: input (resized) | result
         False, "output", "write a side-by-side video instead: input (resized) left, result right")
     keep_partial: bool = _option(False, "output", "on failure or Ctrl-C keep a playable file of the frames done")
+    # -- quality ---------------------------------------------------------------------------
+    audit: Optional[int] = _option(
+        None, "quality", "every Nth frame, restore one tile again with exact attention at the model's trained "
+        "window in fp32 (a low-priority thread) and report what the run's settings cost there (stats: audit)",
+        metavar="N", minimum=1)
     # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8

@@ -41,6 +41,7 @@ import torch
 from pipelines.deconvolution import make_prefilter
 from pipelines.restorer import describe_model
 
+from .audit import JOIN_S, Auditor, reference_model
 from .encoding import EncoderSettings
 from .flow import Stopped, get, put
 from .frames import Frame
@@ -80,6 +81,7 @@ class Stats:
     prefilter: Optional[str] = None         # whole-frame step before the model, if any
     precision: Optional[str] = None         # fp32 / bf16 / fp16 / int8: what ran (--precision)
     precision_auto: Optional[dict] = None   # --precision auto: per mode {seconds, psnr} it chose from
+    audit: Optional[dict] = None            # --audit N: streamer.audit.AuditReport
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     completed: bool = False
     kept_partial: Optional[str] = None
@@ -202,6 +204,7 @@ class Run:
         self.worker: Optional[Worker] = None
         self.cutter: Optional[Cutter] = None
         self.sink: Optional[VideoSink] = None
+        self.auditor: Optional[Auditor] = None
         self.scale = 1
         self._threads: List[threading.Thread] = []
         self._latencies: List[float] = []
@@ -238,6 +241,9 @@ class Run:
         if choice is not None:
             self.stats.precision_auto = {m: asdict(v) for m, v in choice.measurements.items()}
         self.worker = make_worker(model, info, opts, precision)
+        if opts.audit:
+            self.auditor = Auditor(reference_model(opts.model, opts.task, model), opts.audit, info.scale,
+                                   sigma=opts.sigma, prefilter=prefilter)
         self.stats.worker = self.worker.description
 
     # -- streaming ---------------------------------------------------------------------------
@@ -288,6 +294,8 @@ class Run:
             t1 = time.perf_counter()
             state.seconds["stitch"] += t1 - t0
             for original, restored in pairs:
+                if self.auditor is not None:
+                    self.auditor.offer(original, restored.image)
                 if opts.compare:
                     restored = _side_by_side(original, restored)
                 sink.write(restored)
@@ -351,6 +359,8 @@ class Run:
         stats.worker_restarts = counters.restarts
         stats.attention_fallbacks = counters.attention_fallbacks
         stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
+        if self.auditor is not None:
+            stats.audit = asdict(self.auditor.finish(timeout=JOIN_S if stats.completed else 0.5))
         if self._latencies:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))
