@@ -13,7 +13,9 @@ Why ``auto`` measures instead of reading a table: the answer depends on the CPU.
 the bundled denoiser at 640x360 (one process, 2 threads, min of 3): on an AVX-512/AMX Xeon bf16
 autocast ran 0.236 s a frame against fp32's 0.331 s (1.40x, 60.5 dB from fp32); on an AVX2
 AMD EPYC (no bf16 instructions) bf16 took 3.92 s against fp32's 0.309 s (12.7x slower), int8
-0.341 s (1.10x slower) and channels-last convolutions 0.328 s (no gain), so there fp32 wins.
+0.341 s (1.10x slower) and channels-last convolutions 0.328 s (no gain), so there fp32 wins. ``torch.compile`` (Inductor) is not offered: on the AVX2 CPU its first call
+took 69.7 s and the compiled denoiser then ran 3.5x slower than eager (graph breaks at the
+reused buffers and attention caches; ``benchmarks/RESULTS.md``).
 The measurements are cached (:mod:`pipelines.precision_cache` keys them by model, device, CPU
 capability and torch version), so only the first run on a machine pays for them (about a second
 per mode at the calibration size).
