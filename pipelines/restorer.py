@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import precision as precisions
 from . import tiling
 from .clips import ClipBlender, clip_spans
 from .deconvolution import make_prefilter
@@ -60,6 +61,9 @@ class Restorer:
     ``prefilter``: run the model's ``info.prefilter`` on each whole frame in :meth:`restore`
     (:meth:`restore_uint8` and :meth:`restore_tensor` take frames or tiles already
     prefiltered: the streaming pipeline prefilters whole frames before it tiles them).
+    ``precision``: ``fp32`` (default), ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU), see
+    :mod:`pipelines.precision` (``auto`` is resolved before, by :mod:`pipelines.precision_auto`);
+    ``fp16=True`` is ``precision="fp16"``.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Restorer:
         info: Optional[ModelInfo] = None,
         sigma: Optional[float] = None,
         prefilter: bool = True,
+        precision: Optional[str] = None,
     ) -> None:
         if tile > 0 and not 0 <= tile_overlap < tile:
             raise ValueError(f"tile overlap ({tile_overlap}) must be >= 0 and smaller than the tile ({tile})")
@@ -81,8 +86,15 @@ class Restorer:
         if self.info.in_channels not in (1, 3):
             raise ValueError(f"models with {self.info.in_channels} input channels are not supported")
         self.device = torch.device(device)
-        self.dtype = torch.float16 if fp16 else torch.float32
-        self.model = model.eval().to(device=self.device, dtype=self.dtype)
+        self.precision = precision or ("fp16" if fp16 else "fp32")
+        if self.precision == "auto":
+            raise ValueError("resolve precision 'auto' first (pipelines.precision_auto.choose_precision)")
+        if self.precision not in precisions.PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r} (choose from {', '.join(precisions.PRECISIONS)})")
+        # (fp16 on a CPU is allowed here, slow but correct, so the CUDA path's arithmetic can
+        # be tested without a GPU; the run options refuse it: check_precision.)
+        self.dtype = precisions.param_dtype(self.precision)
+        self.model = precisions.prepare_model(model.eval().to(device=self.device, dtype=self.dtype), self.precision)
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.prefilter = make_prefilter(self.info.prefilter, self.device) if prefilter else None
@@ -181,6 +193,18 @@ class Restorer:
             # The official RVRT test appends the noise level (sigma / 255) as a last channel.
             level = padded.new_full((padded.shape[0], 1, *padded.shape[-2:]), self.sigma / 255)
             padded = torch.cat([padded, level], dim=1)
+        with precisions.forward_context(self.precision, self.device):
+            y = self._call_model(padded, frames, grey)
+        y = y.to(self.dtype).reshape(frames, 3, *y.shape[-2:])
+        s = self.scale
+        if y.shape[-2] < h * s or y.shape[-1] < w * s:
+            raise ValueError(
+                f"model output {tuple(y.shape[-2:])} is smaller than expected {(h * s, w * s)} "
+                f"for input {(h, w)} at scale {s}"
+            )
+        return y[..., : h * s, : w * s]
+
+    def _call_model(self, padded: Tensor, frames: int, grey: bool) -> Tensor:
         if self.is_video_model:
             if grey:  # (T*3, c, h, w) -> 3 clips of T frames
                 clips = padded.reshape(frames, 3, *padded.shape[1:]).transpose(0, 1)
@@ -189,11 +213,4 @@ class Restorer:
                 y = self.model(padded[None])[0]
         else:
             y = self.model(padded)
-        y = y.reshape(frames, 3, *y.shape[-2:])
-        s = self.scale
-        if y.shape[-2] < h * s or y.shape[-1] < w * s:
-            raise ValueError(
-                f"model output {tuple(y.shape[-2:])} is smaller than expected {(h * s, w * s)} "
-                f"for input {(h, w)} at scale {s}"
-            )
-        return y[..., : h * s, : w * s]
+        return y

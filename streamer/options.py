@@ -25,6 +25,8 @@ from pipelines import zoo
 from pipelines.attention import MODES, RUN_DEFAULT, patch_attention
 from pipelines.deconvolution import PREFILTERS
 from pipelines.loading import load_model
+from pipelines.precision import PRECISIONS, QUALITY_BOUND_DB, Choice, PrecisionError, check_precision
+from pipelines.precision_auto import choose_precision
 from pipelines.models.base import ModelInfo, NoiseLevelError, check_noise_level
 
 from .encoding import EncoderSettings, encoder_options, video_encoder
@@ -128,7 +130,11 @@ class Options:
         None, "execution", "seconds one work item may take in a CPU worker process before the worker counts "
         "as hung: it is killed and replaced, the item retried (default: 10x the slowest item so far, at least "
         "60)", metavar="S", minimum=1)
-    fp16: bool = _option(False, "execution", "half precision (CUDA only)")
+    precision: str = _option(
+        "auto", "execution", "arithmetic: fp32, bf16 (autocast), fp16 (CUDA), int8 (dynamically quantised Linear "
+        f"layers, CPU) or auto: the fastest measured here within {QUALITY_BOUND_DB:g} dB PSNR of fp32 on "
+        "calibration frames, cached (default auto)", choices=lambda: PRECISIONS)
+    fp16: bool = _option(False, "execution", "the same as --precision fp16 (CUDA only)")
     tile: Optional[int] = _option(   # 0 = whole frames; None: 512, video models 128 (x4) / 256
         None, "execution", f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE}; video models "
         f"{_VIDEO_TILE} for x4, {DEFAULT_VIDEO_TILE_OTHER} otherwise); with a video model each clip is cut "
@@ -155,6 +161,11 @@ class Options:
     compare: bool = _option(   # side-by-side: input (resized) | result
         False, "output", "write a side-by-side video instead: input (resized) left, result right")
     keep_partial: bool = _option(False, "output", "on failure or Ctrl-C keep a playable file of the frames done")
+    # -- quality ---------------------------------------------------------------------------
+    audit: Optional[int] = _option(
+        None, "quality", "every Nth frame, restore one tile again with exact attention at the model's trained "
+        "window in fp32 (a low-priority thread) and report what the run's settings cost there (stats: audit)",
+        metavar="N", minimum=1)
     # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8
@@ -247,6 +258,12 @@ def check_options(opts: Options) -> None:
         raise UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
     if opts.fp16 and device.type != "cuda":
         raise UsageError("--fp16 needs --device cuda (half precision is slower than float32 on a CPU)")
+    if opts.fp16 and opts.precision not in ("auto", "fp16"):
+        raise UsageError(f"--fp16 is --precision fp16; it contradicts --precision {opts.precision}")
+    try:
+        check_precision(requested_precision(opts), device)
+    except PrecisionError as err:
+        raise UsageError(str(err)) from None
     if device.type == "cuda" and (opts.workers or opts.threads_per_worker):
         raise UsageError("--workers and --threads-per-worker are for --device cpu (one GPU worker runs the model)")
     if isinstance(opts.model, nn.Module) and opts.window is not None:
@@ -318,11 +335,27 @@ def choose_prefilter(info: ModelInfo, opts: Options) -> Optional[str]:
     return None if opts.prefilter == "none" else opts.prefilter
 
 
-def make_worker(model: nn.Module, info: ModelInfo, opts: Options) -> Worker:
+def requested_precision(opts: Options) -> str:
+    """``--precision``, with ``--fp16`` its alias for fp16."""
+    return "fp16" if opts.fp16 else opts.precision
+
+
+def resolve_precision(model: nn.Module, opts: Options) -> Tuple[str, Optional[Choice]]:
+    """The precision the run uses and, for ``auto``, what it was chosen from."""
+    precision = requested_precision(opts)
+    if precision != "auto":
+        return precision, None
+    choice = choose_precision(model, opts.device, sigma=opts.sigma)
+    return choice.precision, choice
+
+
+def make_worker(model: nn.Module, info: ModelInfo, opts: Options, precision: str = "fp32") -> Worker:
+    """The worker for the run; ``precision`` already resolved (:func:`resolve_precision`)."""
     if torch.device(opts.device).type == "cuda":
-        return DeviceWorker(model, device=opts.device, fp16=opts.fp16, sigma=opts.sigma)
+        return DeviceWorker(model, device=opts.device, precision=precision, sigma=opts.sigma)
     workers = DEFAULT_WORKERS if opts.workers is None else opts.workers
     if workers == 0:
-        return DeviceWorker(model, device="cpu", threads=opts.threads_per_worker, sigma=opts.sigma)
+        return DeviceWorker(model, device="cpu", threads=opts.threads_per_worker, sigma=opts.sigma,
+                            precision=precision)
     return CpuPool(model, workers, threads_per_worker=opts.threads_per_worker, scale=info.scale, sigma=opts.sigma,
-                   item_timeout=opts.worker_timeout)
+                   item_timeout=opts.worker_timeout, precision=precision)

@@ -41,12 +41,13 @@ import torch
 from pipelines.deconvolution import make_prefilter
 from pipelines.restorer import describe_model
 
+from .audit import JOIN_S, Auditor, reference_model
 from .encoding import EncoderSettings
 from .errors import UsageError
 from .flow import Stopped, get, put
 from .frames import Frame
 from .options import (Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
-                      options_from_mapping, prepare_model)
+                      options_from_mapping, prepare_model, resolve_precision)
 from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
 from .sinks import VideoSink, check_output_path
@@ -80,6 +81,9 @@ class Stats:
     worker_restarts: int = 0
     attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
     prefilter: Optional[str] = None         # whole-frame step before the model, if any
+    precision: Optional[str] = None         # fp32 / bf16 / fp16 / int8: what ran (--precision)
+    precision_auto: Optional[dict] = None   # --precision auto: per mode {seconds, psnr} it chose from
+    audit: Optional[dict] = None            # --audit N: streamer.audit.AuditReport
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
     frames_damaged: int = 0                 # input frames decoded with errors concealed
@@ -204,6 +208,7 @@ class Run:
         self.worker: Optional[Worker] = None
         self.cutter: Optional[Cutter] = None
         self.sink: Optional[VideoSink] = None
+        self.auditor: Optional[Auditor] = None
         self.scale = 1
         self._threads: List[threading.Thread] = []
         self._latencies: List[float] = []
@@ -237,7 +242,14 @@ class Run:
         self.cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap,
                              info.scale, prefilter=prefilter)
         self.scale = info.scale
-        self.worker = make_worker(model, info, opts)
+        precision, choice = resolve_precision(model, opts)
+        self.stats.precision = precision
+        if choice is not None:
+            self.stats.precision_auto = {m: asdict(v) for m, v in choice.measurements.items()}
+        self.worker = make_worker(model, info, opts, precision)
+        if opts.audit:
+            self.auditor = Auditor(reference_model(opts.model, opts.task, model), opts.audit, info.scale,
+                                   sigma=opts.sigma, prefilter=prefilter)
         self.stats.worker = self.worker.description
 
     def _restrict(self, frames: FrameRange) -> None:
@@ -298,6 +310,8 @@ class Run:
             t1 = time.perf_counter()
             state.seconds["stitch"] += t1 - t0
             for original, restored in pairs:
+                if self.auditor is not None:
+                    self.auditor.offer(original, restored.image)
                 if opts.compare:
                     restored = _side_by_side(original, restored)
                 sink.write(restored)
@@ -362,6 +376,8 @@ class Run:
         stats.attention_fallbacks = counters.attention_fallbacks
         stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
         stats.decode_errors, stats.frames_damaged = self.source.decode_errors, self.source.frames_damaged
+        if self.auditor is not None:
+            stats.audit = asdict(self.auditor.finish(timeout=JOIN_S if stats.completed else 0.5))
         if self._latencies:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))

@@ -72,14 +72,15 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, tasks: Connection,
-                 results: Connection, sigma: Optional[float] = None) -> None:
+                 results: Connection, sigma: Optional[float] = None, precision: str = "fp32") -> None:
     """Body of a worker process: load once, then serve items (tiles of clips) until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
     configure_allocator()  # as in the CLI's process, before this one starts its threads
     _die_with_parent(parent)
     try:
         torch.set_num_threads(threads)
-        restorer = Restorer(model, device="cpu", sigma=sigma, prefilter=False)  # frames come prefiltered
+        # frames come prefiltered; int8 quantises here, in each worker (packed weights do not share)
+        restorer = Restorer(model, device="cpu", sigma=sigma, prefilter=False, precision=precision)
     except BaseException as err:
         results.send(("fatal", None, _picklable(err), traceback.format_exc()))
         return
@@ -137,12 +138,13 @@ _TIMEOUT_OVER_SLOWEST = 10
 class _Process:
     """The parent's handle on one worker process."""
 
-    def __init__(self, ctx, worker_id: int, model: nn.Module, threads: int, sigma: Optional[float] = None) -> None:
+    def __init__(self, ctx, worker_id: int, model: nn.Module, threads: int, sigma: Optional[float] = None,
+                 precision: str = "fp32") -> None:
         self.worker_id = worker_id
         task_recv, self.tasks = ctx.Pipe(duplex=False)
         self.results, result_send = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=_worker_main, name=f"nystra-worker-{worker_id}",
-                                args=(worker_id, os.getpid(), model, threads, task_recv, result_send, sigma),
+                                args=(worker_id, os.getpid(), model, threads, task_recv, result_send, sigma, precision),
                                 daemon=True)
         self.proc.start()
         task_recv.close()
@@ -186,13 +188,15 @@ class CpuPool:   # implements streamer.workers.Worker
 
     def __init__(self, model: nn.Module, workers: int, threads_per_worker: Optional[int] = None,
                  depth: int = 2, max_retries: int = 2, scale: Optional[int] = None,
-                 sigma: Optional[float] = None, item_timeout: Optional[float] = None) -> None:
+                 sigma: Optional[float] = None, item_timeout: Optional[float] = None,
+                 precision: str = "fp32") -> None:
         if workers < 1:
             raise ValueError("a CPU pool needs at least one worker")
         info = describe_model(model)
         info.check_sigma(sigma)   # here, not first in every worker process
         self.model = model
         self.sigma = sigma
+        self.precision = precision
         self.workers = workers
         self.threads = threads_per_worker or max(1, cpu_cores() // workers)
         self.depth = depth
@@ -212,7 +216,7 @@ class CpuPool:   # implements streamer.workers.Worker
 
     @property
     def description(self) -> str:
-        return f"{self.workers} worker process(es) x {self.threads} thread(s)"
+        return f"{self.workers} worker process(es) x {self.threads} thread(s), {self.precision}"
 
     def start(self) -> None:
         """Start the processes now (they load the model while the first frames decode)."""
@@ -463,7 +467,8 @@ class CpuPool:   # implements streamer.workers.Worker
         added = passive_openmp_env(os.environ) if self.threads > 1 else {}
         os.environ.update(added)
         try:
-            self._procs.append(_Process(self._ctx, self._next_id, self.model, self.threads, self.sigma))
+            self._procs.append(_Process(self._ctx, self._next_id, self.model, self.threads, self.sigma,
+                                        self.precision))
         finally:
             for key in added:
                 os.environ.pop(key, None)

@@ -95,10 +95,12 @@ class DeviceWorker:   # implements Worker
     """
 
     def __init__(self, model: nn.Module, device: str = "cpu", fp16: bool = False, depth: int = 2,
-                 threads: Optional[int] = None, sigma: Optional[float] = None) -> None:
+                 threads: Optional[int] = None, sigma: Optional[float] = None,
+                 precision: Optional[str] = None) -> None:
         self.device = torch.device(device)
         self.threads = threads   # torch CPU threads (None: torch's default, all cores)
-        self.restorer = Restorer(model, device=self.device, fp16=fp16, sigma=sigma, prefilter=False)  # done by the Cutter
+        self.restorer = Restorer(model, device=self.device, fp16=fp16, sigma=sigma, prefilter=False,  # done by the Cutter
+                                 precision=precision)
         self.cuda = self.device.type == "cuda"
         self.depth = max(1, depth)
         self._free: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
@@ -107,9 +109,8 @@ class DeviceWorker:   # implements Worker
     @property
     def description(self) -> str:
         if self.cuda:
-            precision = "fp16" if self.restorer.dtype == torch.float16 else "fp32"
-            return f"in-process on {self.device} ({precision})"
-        return f"in-process on cpu ({self.threads or torch.get_num_threads()} threads)"
+            return f"in-process on {self.device} ({self.restorer.precision})"
+        return f"in-process on cpu ({self.threads or torch.get_num_threads()} threads, {self.restorer.precision})"
 
     def start(self) -> None:
         """Nothing to start: the model is already on its device."""

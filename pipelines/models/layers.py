@@ -25,8 +25,18 @@ def reused_buffer(name: str, shape: Tuple[int, ...], like: Tensor) -> Optional[T
     return scratch(name, shape, like.dtype, like.device)
 
 
-def linear_into(layer: nn.Linear, x: Tensor, buffer: str) -> Tensor:
-    """``layer(x)`` (the same kernel), written into the reused buffer ``buffer`` in inference."""
+def plain_linear(layer: nn.Module) -> bool:
+    """Whether ``layer`` is an ``nn.Linear`` whose ``weight`` is a tensor the fast paths may read
+    directly. A dynamically quantised Linear (``--precision int8``) is not: its ``weight`` is a
+    method and its product a packed int8 kernel, so callers fall back to ``layer(x)``."""
+    return type(layer) is nn.Linear and isinstance(layer.weight, Tensor)
+
+
+def linear_into(layer: nn.Module, x: Tensor, buffer: str) -> Tensor:
+    """``layer(x)`` (the same kernel), written into the reused buffer ``buffer`` in inference
+    (plainly ``layer(x)`` for a layer that is not a plain Linear, see :func:`plain_linear`)."""
+    if not plain_linear(layer):
+        return layer(x)
     out = reused_buffer(buffer, tuple(x.shape[:-1]) + (layer.out_features,), x)
     if out is None:
         return layer(x)

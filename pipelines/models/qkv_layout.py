@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..attention.exact import MATERIALISED_MAX_N
 from ..attention.workspace import scratch
+from .layers import plain_linear
 
 #: Whole model, Nyström, CPU, measured: width 180 (SwinIR-M) 3 % / 11 % faster at windows 8 / 32,
 #: width 60 (SwinIR-S) 6 % / 17 %; width 32 (the bundled models) 1 % slower (and 24 % slower
@@ -28,9 +29,10 @@ HEADS_LAYOUT_MIN_DIM = 60
 LAYOUTS = ("auto", "tokens", "heads")
 
 
-def heads_layout(layer: nn.Module, x: Tensor, dim: int, n: int) -> bool:
+def heads_layout(layer: nn.Module, x: Tensor, dim: int, n: int, qkv: nn.Module) -> bool:
     """Whether ``layer`` (a window-attention module with ``qkv_layout`` and ``attention_mode``)
-    computes q, k, v head-major for input ``x`` (``dim`` channels, windows of ``n`` tokens).
+    computes q, k, v head-major for input ``x`` (``dim`` channels, windows of ``n`` tokens)
+    through its fused ``qkv`` projection (never when that is not a plain Linear: int8).
 
     ``auto``: on the CPU, for layers at least ``HEADS_LAYOUT_MIN_DIM`` wide, whenever the kernel
     is not SDPA, i.e. for Nyström and for exact attention on windows it materialises (in exact
@@ -38,6 +40,8 @@ def heads_layout(layer: nn.Module, x: Tensor, dim: int, n: int) -> bool:
     In ``auto`` attention mode the layer's previous choice stands in for this call's.
     """
     if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        return False
+    if not plain_linear(qkv):   # e.g. dynamically quantised (int8): its weight is packed
         return False
     layout = getattr(layer, "qkv_layout", "auto")
     if layout not in LAYOUTS:

@@ -164,7 +164,7 @@ class WindowAttention3D(WindowAttentionBase):
         """windows: (B, nW, N, C) tokens of ``grid``-shaped windows; regions: returns the (nW, N)
         shift regions (see ``shift_regions``) or None for unshifted windows."""
         b, n_win, n_tok, c = windows.shape
-        if heads_layout(self, windows, c, n_tok):  # see .qkv_layout; q is then a buffer of its own
+        if heads_layout(self, windows, c, n_tok, self.qkv_self):  # see .qkv_layout; q is then a buffer of its own
             q, k, v = head_major_qkv(self.qkv_self, windows.reshape(b, n_win * n_tok, c), n_tok, self.num_heads)
             q = q.mul_(self.scale)
         else:

@@ -131,7 +131,7 @@ class WindowAttention(WindowAttentionBase):
         batch, tokens, channels = windows.shape
         ws, heads, hd = self.window_size, self.num_heads, self.head_dim
         n = ws * ws
-        if heads_layout(self, windows, self.dim, n):
+        if heads_layout(self, windows, self.dim, n, self.qkv):
             q, k, v = head_major_qkv(self.qkv, windows, n, heads)
         else:
             # q, k, v as strided views (B, nW, heads, N, d) of the qkv output: no copy here.

@@ -37,27 +37,27 @@ def test_layout_rule():
     x = torch.zeros(1, 2, 32, dim)
     with torch.inference_mode():
         # exact: head-major only where the scores are materialised (SDPA wants rows contiguous)
-        assert heads_layout(layer, x, dim, small) and heads_layout(layer, x, dim, MATERIALISED_MAX_N)
-        assert not heads_layout(layer, x, dim, MATERIALISED_MAX_N + 1)
-        assert not heads_layout(layer, x.to(torch.bfloat16), dim, small)  # SDPA takes bfloat16
+        assert heads_layout(layer, x, dim, small, layer.qkv_self) and heads_layout(layer, x, dim, MATERIALISED_MAX_N, layer.qkv_self)
+        assert not heads_layout(layer, x, dim, MATERIALISED_MAX_N + 1, layer.qkv_self)
+        assert not heads_layout(layer, x.to(torch.bfloat16), dim, small, layer.qkv_self)  # SDPA takes bfloat16
         patch_attention(layer, "nystrom")
-        assert heads_layout(layer, x, dim, big)
-        assert not heads_layout(layer, x, dim - 1, big)  # too narrow
+        assert heads_layout(layer, x, dim, big, layer.qkv_self)
+        assert not heads_layout(layer, x, dim - 1, big, layer.qkv_self)  # too narrow
         patch_attention(layer, "auto")
-        assert not heads_layout(layer, x, dim, big)  # no choice made yet: as exact
+        assert not heads_layout(layer, x, dim, big, layer.qkv_self)  # no choice made yet: as exact
         layer.last_decision = auto.Decision("nystrom", "measured")
-        assert heads_layout(layer, x, dim, big)
+        assert heads_layout(layer, x, dim, big, layer.qkv_self)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not heads_layout(layer, x, dim, big)
+            assert not heads_layout(layer, x, dim, big, layer.qkv_self)
         layer.qkv_layout = "tokens"
-        assert not heads_layout(layer, x, dim, big)
+        assert not heads_layout(layer, x, dim, big, layer.qkv_self)
         layer.qkv_layout = "heads"
-        assert heads_layout(layer, x, dim - 1, big)
+        assert heads_layout(layer, x, dim - 1, big, layer.qkv_self)
         layer.qkv_layout = "sideways"
         with pytest.raises(ValueError, match="unknown qkv_layout"):
-            heads_layout(layer, x, dim, big)
+            heads_layout(layer, x, dim, big, layer.qkv_self)
     layer.qkv_layout = "heads"
-    assert not heads_layout(layer, x, dim, big)  # autograd on: the plain product
+    assert not heads_layout(layer, x, dim, big, layer.qkv_self)  # autograd on: the plain product
 
 
 @pytest.mark.parametrize("mode", ["nystrom", "exact"])
