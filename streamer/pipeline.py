@@ -28,6 +28,7 @@ says what was done.
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -51,9 +52,11 @@ from .options import (Options, check_encoder, check_model_fits, check_options, c
 from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
 from .sinks import VideoSink, check_output_path
-from .sources import PyAVSource, VideoSource, open_source
+from .sources import PyAVSource, VideoSource, lost_in_rgb24, open_source
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
+
+log = logging.getLogger(__name__)
 
 STAGES = ("decode", "cut", "model", "stitch", "encode")
 
@@ -235,6 +238,9 @@ class Run:
         info = describe_model(model)
         check_model_fits(info, opts, self.stats.model)
         info_in = self.source.info
+        lost = lost_in_rgb24(info_in.pix_fmt)
+        if lost:   # (high bit depth and alpha through the pipeline: not built yet, issue 16)
+            log.warning("%s is %s: %s", self.input, info_in.pix_fmt, lost)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
         windows = whole_frames_if_they_fit(windows, opts.tile, info_in.width, info_in.height)
         prefilter = make_prefilter(choose_prefilter(info, opts), device=opts.device)

@@ -477,3 +477,21 @@ class DecordSource(VideoSource):
 
     def _close(self) -> None:
         self._reader = None
+
+
+def lost_in_rgb24(pix_fmt: Optional[str]) -> Optional[str]:
+    """What the pipeline's 8-bit RGB frames cannot carry of ``pix_fmt`` (alpha, more than 8
+    bits), in words for a warning; None when nothing is lost."""
+    try:
+        fmt = av.VideoFormat(pix_fmt) if pix_fmt else None
+    except (ValueError, av.FFmpegError):
+        return None
+    if fmt is None:
+        return None
+    lost = []
+    if any(c.is_alpha for c in fmt.components):
+        lost.append("its alpha channel is dropped")
+    bits = max((c.bits for c in fmt.components), default=8)
+    if bits > 8:
+        lost.append(f"its {bits}-bit samples are restored and written at 8 bits")
+    return " and ".join(lost) or None
