@@ -48,7 +48,8 @@ from .options import (Options, check_encoder, check_model_fits, check_options, c
                       options_from_mapping, prepare_model)
 from .process_env import peak_rss_bytes
 from .sinks import VideoSink, check_output_path
-from .sources import VideoSource, open_source
+from .live.inputs import open_input
+from .sources import VideoSource
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
 
@@ -81,6 +82,8 @@ class Stats:
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
     frames_damaged: int = 0                 # input frames decoded with errors concealed
+    reconnects: int = 0                     # live input: times it came back after a stall or loss
+    stalls: int = 0                         # live input: times nothing arrived for --stall-timeout
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -219,7 +222,7 @@ class Run:
     def prepare(self) -> None:
         opts = self.opts
         check_options(opts)
-        self.source = open_source(self.input, decoder=opts.decoder, max_decode_errors=opts.max_decode_errors)
+        self.source = open_input(self.input, opts)
         check_output_path(self.output, input_path=self.input)
         check_encoder(opts, self.output)
         model, self.stats.model = prepare_model(opts)
@@ -348,6 +351,7 @@ class Run:
         stats.attention_fallbacks = counters.attention_fallbacks
         stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
         stats.decode_errors, stats.frames_damaged = self.source.decode_errors, self.source.frames_damaged
+        stats.reconnects, stats.stalls = self.source.reconnects, self.source.stalls
         if self._latencies:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))
