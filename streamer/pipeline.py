@@ -253,7 +253,7 @@ class Run:
         width, height = source.info.width * self.scale, source.info.height * self.scale
         settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset)
         self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
-                              streams_from=source.path)
+                              streams_from=source.streams_from)
         self._threads = [
             threading.Thread(target=DecodeStage(source, self.cutter, work, state), name="decode", daemon=True),
             threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),

@@ -132,6 +132,12 @@ class VideoSource:
         self.reconnects = 0   # live sources: times the input came back after a stall or loss
         self.stalls = 0       # live sources: times nothing arrived within the stall timeout
 
+    @property
+    def streams_from(self) -> Optional[str]:
+        """Where the sink may reopen the input for its audio and subtitles; None where the
+        input cannot be read twice (a pipe, a live stream)."""
+        return self.path
+
     def __iter__(self) -> Iterator[Frame]:
         if self._closed:
             raise ProcessingError("video source is closed")
@@ -301,6 +307,10 @@ class PyAVSource(VideoSource):
         self._first: Optional[av.VideoFrame] = first
         self._pts = PtsRepair(self.info.time_base, self.info.average_rate)
         self._rgb = FixedSize(self.info.width, self.info.height, shown)
+
+    @property
+    def streams_from(self) -> Optional[str]:
+        return None if self._file is not None else self.path
 
     def _decode(self) -> Iterator["av.VideoFrame"]:
         """The stream's frames in presentation order, skipping packets that fail to decode."""

@@ -109,6 +109,10 @@ class LiveSource(VideoSource):
         assert isinstance(message, _Info), message
         self.info = message.info
 
+    @property
+    def streams_from(self) -> None:
+        return None   # a live input cannot be read twice
+
     # -- the consumer's side ----------------------------------------------------------------
 
     def _take(self) -> _Message:

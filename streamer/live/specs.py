@@ -21,8 +21,9 @@ RTSP_TRANSPORTS = ("tcp", "udp")
 CLIENT_SCHEMES = ("rtsp", "rtsps", "udp", "rtp", "srt", "rtmp", "rtmps", "tcp", "http", "https")
 # Protocols where FFmpeg can wait for a sender (``--listen``), and the options that make it.
 LISTEN_OPTIONS: Dict[str, Dict[str, str]] = {
-    # listen_timeout -1: FFmpeg waits for the pusher; our own open deadline still applies.
-    "rtsp": {"rtsp_flags": "listen", "listen_timeout": "-1"},
+    # FFmpeg's rtsp listener fails at once ("Numerical result out of range") unless it has a
+    # positive listen_timeout (seconds): wait a day for the pusher (Ctrl-C stops it sooner).
+    "rtsp": {"rtsp_flags": "listen", "listen_timeout": "86400"},
     "rtmp": {"listen": "1"},
     "srt": {"mode": "listener"},
     "tcp": {"listen": "1"},
