@@ -54,8 +54,8 @@ class PipeReader:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                what = "data" if self._seen_data else "a writer or data"
-                raise PipeTimeout(f"{self.shown}: no {what} for {self.timeout:g} s")
+                hint = "" if self._seen_data else " (no writer yet?)"
+                raise PipeTimeout(f"{self.shown}: nothing arrived for {self.timeout:g} s{hint}")
             ready, _, _ = select.select([self._fd], [], [], left)
             if not ready:
                 continue

@@ -54,6 +54,9 @@ Opener = Callable[..., "av.container.InputContainer"]
 
 
 def open_container(spec: InputSpec, timeout: Tuple[Optional[float], float]) -> "av.container.InputContainer":
+    if spec.format is not None and spec.format not in av.formats_available:
+        raise UsageError(f"{spec.shown}: this PyAV build's FFmpeg has no {spec.format} input "
+                         f"(needed for {spec.kind} inputs)")
     return av.open(spec.target, "r", format=spec.format, options=dict(spec.options), timeout=timeout)
 
 
@@ -90,9 +93,6 @@ class LiveSource(VideoSource):
             raise UsageError(f"--stall-timeout must be > 0, got {stall_timeout}")
         if reconnect is not None and reconnect < 0:
             raise UsageError(f"--reconnect must be >= 0, got {reconnect}")
-        if spec.format is not None and spec.format not in av.formats_available:
-            raise UsageError(f"{spec.shown}: this PyAV build's FFmpeg has no {spec.format} input "
-                             f"(needed for {spec.kind} inputs)")
         self.spec, self.path = spec, spec.target
         self.stall_timeout, self.reconnect_limit = stall_timeout, reconnect
         self._opener = opener
