@@ -324,7 +324,8 @@ class Run:
             self._finish_stats()
         # Closing the container under a decode thread still inside FFmpeg could crash; such
         # a thread is a daemon and the caller is about to get an error anyway.
-        if self.source is not None and not (self._threads and self._threads[0].is_alive()):
+        if self.source is not None and (self.source.closes_from_any_thread
+                                        or not (self._threads and self._threads[0].is_alive())):
             self.source.close()
         if exc is not None and state.error is not None and state.error is not exc \
                 and not isinstance(exc, KeyboardInterrupt):

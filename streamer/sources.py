@@ -123,6 +123,9 @@ class VideoSource:
 
     info: VideoInfo
     path: str
+    # Whether close() is safe while another thread is inside iteration (PyAV's is not: the
+    # container would be closed under FFmpeg).
+    closes_from_any_thread = False
 
     def __init__(self) -> None:
         self._iterated = False

@@ -85,6 +85,8 @@ class _Lost(Exception):
 class LiveSource(VideoSource):
     """Frames of a live :class:`InputSpec` as they arrive; ``info.live`` is True."""
 
+    closes_from_any_thread = True   # close() only signals the demux thread
+
     def __init__(self, spec: InputSpec, stall_timeout: float, reconnect: Optional[int] = None,
                  opener: Opener = open_container) -> None:
         super().__init__()
@@ -120,18 +122,23 @@ class LiveSource(VideoSource):
             try:
                 return self._handoff.get(timeout=_POLL_S)
             except queue.Empty:
+                if self._quit.is_set():   # closed while waiting (from another thread: safe here)
+                    return _END
                 if not self._thread.is_alive() and self._handoff.empty():
                     return _Failed(ProcessingError(f"{self.spec.shown}: the reader thread ended unexpectedly"))
 
     def _frames(self) -> Iterator[Frame]:
-        while True:
-            message = self._take()
-            if message is _END:
-                return
-            if isinstance(message, _Failed):
-                raise message.error
-            assert isinstance(message, Frame), message
-            yield message
+        try:
+            while True:
+                message = self._take()
+                if message is _END:
+                    return
+                if isinstance(message, _Failed):
+                    raise message.error
+                assert isinstance(message, Frame), message
+                yield message
+        finally:
+            self._quit.set()   # whoever iterated has stopped: the demux thread ends too
 
     def _close(self) -> None:
         self._quit.set()   # the demux thread closes its own container

@@ -59,7 +59,8 @@ def live_run(input: str, output: str, frames: int, seconds: float = 30.0,
         if done >= frames:
             cancel.set()
 
-    opts = options_from_mapping(dict(model=Identity(), workers=0, tile=0, keep_partial=True, progress=progress,
+    options.setdefault("model", Identity())
+    opts = options_from_mapping(dict(workers=0, tile=0, keep_partial=True, progress=progress,
                                      cancel=cancel, **options))
     run = Run(input, output, opts)
     timer.start()

@@ -2,6 +2,7 @@
 stand-in: the device open is pointed at a lavfi graph), size changes mid-stream."""
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import subprocess
@@ -12,9 +13,9 @@ import pytest
 
 import streamer
 from live_peers import FFMPEG, free_port, live_run, needs_ffmpeg, process
-from streamer.live.source import LiveSource, open_container
+from streamer.live.source import HANDOFF_FRAMES, LiveSource, open_container
 from streamer.live.specs import InputSettings, parse_input
-from toy_models import Identity
+from toy_models import Identity, Slow
 
 
 def sizes_and_times(path):
@@ -97,3 +98,23 @@ def test_size_change_in_a_live_udp_input(tmp_path, caplog):
     assert len(frames) == stats.frames_out >= 45
     assert {size for size, _ in frames} == {(160, 120)}
     assert len([r for r in caplog.records if "size changed mid-stream" in r.getMessage()]) == 1
+
+
+def test_a_slow_model_is_back_pressure_not_a_stall(tmp_path):
+    # 10 fps of model against a 30 fps source for ~3 s, with a 1 s stall timeout: the demux
+    # thread waits on the handoff, not on the network, so nothing counts as a stall.
+    out = tmp_path / "out.mkv"
+    stats = live_run("lavfi:testsrc2=size=64x48:rate=30", str(out), frames=30, seconds=20,
+                     model=Slow(0.1), stall_timeout=1.0)
+    assert stats.frames_out >= 30 and stats.stalls == 0 and stats.reconnects == 0
+
+
+def test_closing_a_live_source_mid_iteration_ends_its_demux_thread():
+    source = LiveSource(parse_input("lavfi:testsrc2=size=64x48:rate=30"), stall_timeout=2.0)
+    frames = iter(source)
+    next(frames)
+    source.close()                       # from this thread, while the demux thread reads
+    rest = list(itertools.islice(frames, 10))   # what was already handed over, then the end
+    assert len(rest) <= HANDOFF_FRAMES
+    source._thread.join(5)
+    assert not source._thread.is_alive()
