@@ -30,6 +30,7 @@ from pipelines.precision_auto import choose_precision
 from pipelines.models.base import ModelInfo, NoiseLevelError, check_noise_level
 
 from .encoding import EncoderSettings, encoder_options, video_encoder
+from .live.specs import DEFAULT_STALL_TIMEOUT, RTSP_TRANSPORTS
 from .errors import UsageError
 from .pool import CpuPool
 from .process_env import cpu_cores
@@ -166,6 +167,24 @@ class Options:
         None, "quality", "every Nth frame, restore one tile again with exact attention at the model's trained "
         "window in fp32 (a low-priority thread) and report what the run's settings cost there (stats: audit)",
         metavar="N", minimum=1)
+    # -- live input ------------------------------------------------------------------------
+    listen: bool = _option(
+        False, "live input", "wait for a sender to push to INPUT (rtsp://, rtmp://, srt://, tcp://) instead of "
+        "connecting to it")
+    rtsp_transport: str = _option(
+        "tcp", "live input", "how an rtsp:// input's packets travel (default tcp: no losses through NAT and "
+        "firewalls)", choices=lambda: RTSP_TRANSPORTS)
+    stall_timeout: float = _option(
+        DEFAULT_STALL_TIMEOUT, "live input", f"seconds without data before a live input counts as stalled and is "
+        f"reopened (also: how long a pipe input may stay silent; default {DEFAULT_STALL_TIMEOUT:g})",
+        metavar="S", minimum=0.1)
+    reconnect: Optional[int] = _option(
+        None, "live input", "reconnect tries in a row before a lost live input ends the run (exit 1); "
+        "0 = fail at once (default: unlimited)", metavar="N", minimum=0)
+    input_size: Optional[str] = _option(None, "live input", "webcam picture size, e.g. 1280x720", metavar="WxH")
+    input_rate: Optional[float] = _option(None, "live input", "webcam frame rate, e.g. 30", metavar="F")
+    input_format: Optional[str] = _option(
+        None, "live input", "webcam pixel format (mjpeg, yuyv422, ...; v4l2's -input_format)", metavar="FMT")
     # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8

@@ -52,7 +52,8 @@ from .options import (Options, check_encoder, check_model_fits, check_options, c
 from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
 from .sinks import VideoSink, check_output_path
-from .sources import PyAVSource, VideoSource, lost_in_rgb24, open_source
+from .live.inputs import open_input
+from .sources import PyAVSource, VideoSource, lost_in_rgb24
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
 
@@ -90,6 +91,8 @@ class Stats:
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
     frames_damaged: int = 0                 # input frames decoded with errors concealed
+    reconnects: int = 0                     # live input: times it came back after a stall or loss
+    stalls: int = 0                         # live input: times nothing arrived for --stall-timeout
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -229,7 +232,7 @@ class Run:
     def prepare(self) -> None:
         opts = self.opts
         check_options(opts)
-        self.source = open_source(self.input, decoder=opts.decoder, max_decode_errors=opts.max_decode_errors)
+        self.source = open_input(self.input, opts)
         if opts.frame_range is not None:
             self._restrict(opts.frame_range)
         check_output_path(self.output, input_path=self.input)
@@ -282,7 +285,7 @@ class Run:
         settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
                                    no_reordering=opts.frame_range is not None)   # (pieces that join)
         self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
-                              streams_from=source.path if opts.copy_streams else None)
+                              streams_from=source.streams_from if opts.copy_streams else None)
         self._threads = [
             threading.Thread(target=DecodeStage(source, self.cutter, work, state), name="decode", daemon=True),
             threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),
@@ -355,7 +358,8 @@ class Run:
             self._finish_stats()
         # Closing the container under a decode thread still inside FFmpeg could crash; such
         # a thread is a daemon and the caller is about to get an error anyway.
-        if self.source is not None and not (self._threads and self._threads[0].is_alive()):
+        if self.source is not None and (self.source.closes_from_any_thread
+                                        or not (self._threads and self._threads[0].is_alive())):
             self.source.close()
         if exc is not None and state.error is not None and state.error is not exc \
                 and not isinstance(exc, KeyboardInterrupt):
@@ -384,6 +388,7 @@ class Run:
         stats.decode_errors, stats.frames_damaged = self.source.decode_errors, self.source.frames_damaged
         if self.auditor is not None:
             stats.audit = asdict(self.auditor.finish(timeout=JOIN_S if stats.completed else 0.5))
+        stats.reconnects, stats.stalls = self.source.reconnects, self.source.stalls
         if self._latencies:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))

@@ -14,6 +14,7 @@ takes its container from a generic ``av.open`` call.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -23,10 +24,13 @@ from fractions import Fraction
 from typing import Iterator, Optional, Tuple
 
 import av
+import numpy as np
 
 from .avutil import describe_av_error, display_path
 from .errors import ProcessingError, UsageError
 from .frames import Frame, VideoInfo
+from .live.specs import DEFAULT_STALL_TIMEOUT, parse_input
+from .pipes import PipeReader, is_pipe
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +50,32 @@ BYTES_PER_PIXEL_AT_PEAK = 80
 
 
 def open_source(spec: str, decoder: str = "pyav",
-                max_decode_errors: int = DEFAULT_MAX_DECODE_ERRORS) -> "VideoSource":
-    """Open ``spec`` (a file path for now) for reading; raise :class:`UsageError` with one line
-    if it cannot be read as a video."""
+                max_decode_errors: int = DEFAULT_MAX_DECODE_ERRORS,
+                pipe_timeout: float = DEFAULT_STALL_TIMEOUT) -> "VideoSource":
+    """Open ``spec`` (a file path, a FIFO, or ``-`` for standard input) for reading; raise
+    :class:`UsageError` with one line if it cannot be read as a video. Live inputs (URLs,
+    devices, ``lavfi:``) are opened by :func:`streamer.live.inputs.open_input`.
+
+    A pipe (FIFO, ``-`` on a pipe) is read through a :class:`~streamer.pipes.PipeReader`:
+    ``pipe_timeout`` seconds without data end the run with one line instead of a hang."""
     if decoder not in DECODERS:
         raise UsageError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
     if not isinstance(spec, (str, os.PathLike)) or not str(spec):
         raise UsageError("no input given")
     spec = os.fspath(spec)
     if _looks_like_url(spec):
-        # Live inputs arrive in a later issue: they will get their own subclass here.
-        raise UsageError(f"network and device inputs are not supported yet: {spec}")
+        raise UsageError(f"{spec} is a live input: streamer.live.inputs.open_input opens those")
+    if spec == "-" or is_pipe(spec):
+        shown = "standard input" if spec == "-" else display_path(spec)
+        if spec != "-" and not os.access(spec, os.R_OK):
+            raise UsageError(f"cannot read input {shown}: permission denied")
+        if spec == "-" and not is_pipe("/dev/stdin"):
+            spec = f"/proc/self/fd/{os.dup(0)}"   # a file redirected to stdin: seekable, read as a file
+        else:
+            if decoder == "decord":
+                log.warning("decord cannot read a pipe: reading %s with PyAV instead", shown)
+            return PyAVSource(spec, max_decode_errors=max_decode_errors,
+                              file=PipeReader(None if spec == "-" else spec, pipe_timeout, shown), shown=shown)
     check_input_file(spec)
     source = PyAVSource(spec, max_decode_errors=max_decode_errors)
     if decoder == "decord":
@@ -65,8 +84,7 @@ def open_source(spec: str, decoder: str = "pyav",
 
 
 def _looks_like_url(spec: str) -> bool:
-    scheme, sep, _ = spec.partition("://")
-    return (bool(sep) and scheme.isalnum()) or spec.startswith("/dev/video")
+    return parse_input(spec).live
 
 
 def check_input_file(path: str) -> None:
@@ -84,6 +102,8 @@ def check_input_file(path: str) -> None:
         raise UsageError(f"input is a directory, not a video file: {shown}")
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         raise UsageError(f"input file is empty: {shown}")
+    if not stat.S_ISREG(st.st_mode):
+        return   # reading a byte of a FIFO would wait for a writer forever, and consume the byte
     try:
         with open(path, "rb") as fh:
             fh.read(1)
@@ -103,12 +123,23 @@ class VideoSource:
 
     info: VideoInfo
     path: str
+    # Whether close() is safe while another thread is inside iteration (PyAV's is not: the
+    # container would be closed under FFmpeg).
+    closes_from_any_thread = False
 
     def __init__(self) -> None:
         self._iterated = False
         self._closed = False
         self.decode_errors = 0
         self.frames_damaged = 0
+        self.reconnects = 0   # live sources: times the input came back after a stall or loss
+        self.stalls = 0       # live sources: times nothing arrived within the stall timeout
+
+    @property
+    def streams_from(self) -> Optional[str]:
+        """Where the sink may reopen the input for its audio and subtitles; None where the
+        input cannot be read twice (a pipe, a live stream)."""
+        return self.path
 
     def __iter__(self) -> Iterator[Frame]:
         if self._closed:
@@ -237,16 +268,20 @@ class PyAVSource(VideoSource):
     """
 
     def __init__(self, path: str, options: Optional[dict] = None,
-                 max_decode_errors: int = DEFAULT_MAX_DECODE_ERRORS) -> None:
+                 max_decode_errors: int = DEFAULT_MAX_DECODE_ERRORS, file: Optional[PipeReader] = None,
+                 shown: Optional[str] = None) -> None:
         super().__init__()
         self.path = path
         self.max_decode_errors = max_decode_errors
         self._pts_from: Optional[int] = None     # restrict(): the frame range's pts bounds
         self._pts_end: Optional[int] = None
-        shown = display_path(path)
+        self.shown = shown = shown or display_path(path)
+        self._file = file
         try:
-            self._container = av.open(path, "r", options=options or {})
-        except (av.FFmpegError, OSError) as err:
+            self._container = av.open(file if file is not None else path, "r", options=options or {})
+        except (av.FFmpegError, OSError, ProcessingError) as err:
+            if file is not None:
+                file.close()
             raise UsageError(f"cannot read {shown} as a video file: {describe_av_error(err)}") from None
         try:
             self._stream = _video_stream(self._container, shown)
@@ -266,11 +301,21 @@ class PyAVSource(VideoSource):
             except ProcessingError as err:
                 raise UsageError(str(err)) from None
             self.info = _video_info(self._container, self._stream, first)
+            if file is not None and self.info.has_audio:
+                # Audio is copied by reopening the input: a pipe cannot be read twice.
+                log.warning("%s: audio from a pipe is not passed through", shown)
+                self.info = dataclasses.replace(self.info, has_audio=False)
         except BaseException:
-            self._container.close()
+            self._close()
+            self._closed = True
             raise
         self._first: Optional[av.VideoFrame] = first
         self._pts = PtsRepair(self.info.time_base, self.info.average_rate)
+        self._rgb = FixedSize(self.info.width, self.info.height, shown)
+
+    @property
+    def streams_from(self) -> Optional[str]:
+        return None if self._file is not None else self.path
 
     def restrict(self, pts_from: int, pts_end: Optional[int]) -> None:
         """Yield only frames with ``pts_from <= pts < pts_end`` (pts in the stream's time base;
@@ -292,7 +337,7 @@ class PyAVSource(VideoSource):
                 self.decode_errors += 1
                 if self.decode_errors > self.max_decode_errors:
                     raise ProcessingError(
-                        f"{display_path(self.path)}: more than {self.max_decode_errors} video packets failed "
+                        f"{self.shown}: more than {self.max_decode_errors} video packets failed "
                         f"to decode (last: {describe_av_error(err)}); the file is too damaged "
                         f"(--max-decode-errors N raises the limit)") from None
                 continue
@@ -319,24 +364,45 @@ class PyAVSource(VideoSource):
                         break
                     except (av.FFmpegError, ValueError) as err:   # demuxing itself failed
                         raise ProcessingError(
-                            f"reading {display_path(self.path)} failed at frame {index}: "
+                            f"reading {self.shown} failed at frame {index}: "
                             f"{describe_av_error(err)}") from None
-                # to_ndarray converts with the frame's own matrix and range tags.
-                image = vf.to_ndarray(format="rgb24")
-                yield Frame(index=index, pts=self._pts(vf.pts), time_base=tb, image=image)
+                yield Frame(index=index, pts=self._pts(vf.pts), time_base=tb, image=self._rgb(vf))
                 index += 1
         finally:
             if self._pts.repaired:
                 log.warning("%s: %d frame(s) had missing or non-increasing timestamps; "
-                            "synthesised them", display_path(self.path), self._pts.repaired)
+                            "synthesised them", self.shown, self._pts.repaired)
             if self.decode_errors or self.frames_damaged:
                 log.warning("%s is damaged: %d video packet(s) could not be decoded and were skipped (a gap "
                             "in the timeline), %d frame(s) had errors concealed by the decoder",
-                            display_path(self.path), self.decode_errors, self.frames_damaged)
+                            self.shown, self.decode_errors, self.frames_damaged)
 
     def _close(self) -> None:
         self._first = None
         self._container.close()
+        if self._file is not None:
+            self._file.close()
+
+
+class FixedSize:
+    """Decoded frames as RGB arrays at the first frame's size. Cameras and broadcast streams may
+    change size mid-stream; the output keeps the size chosen at the start, so a frame of another
+    size is scaled to it (bicubic), with one warning per run."""
+
+    def __init__(self, width: int, height: int, shown: str) -> None:
+        assert width > 0 and height > 0, (width, height)
+        self.width, self.height, self.shown = width, height, shown
+        self.scaled = 0
+
+    def __call__(self, vf: "av.VideoFrame") -> "np.ndarray":
+        # to_ndarray converts with the frame's own matrix and range tags.
+        if (vf.width, vf.height) == (self.width, self.height):
+            return vf.to_ndarray(format="rgb24")
+        if not self.scaled:
+            log.warning("%s: the picture size changed mid-stream from %dx%d to %dx%d: scaling to %dx%d",
+                        self.shown, self.width, self.height, vf.width, vf.height, self.width, self.height)
+        self.scaled += 1
+        return vf.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation="BICUBIC")
 
 
 def check_frame_memory(width: int, height: int, shown: str) -> None:

@@ -196,7 +196,7 @@ def test_unreadable_file_is_a_usage_error(sample_clip):
 def test_unknown_decoder_and_live_specs_are_usage_errors(sample_clip):
     with pytest.raises(UsageError, match="unknown decoder"):
         open_source(str(sample_clip.path), decoder="opencv")
-    with pytest.raises(UsageError, match="not supported yet"):
+    with pytest.raises(UsageError, match="is a live input"):
         open_source("rtsp://127.0.0.1:8554/cam")
     with pytest.raises(UsageError, match="no input"):
         open_source("")

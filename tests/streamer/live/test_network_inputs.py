@@ -1,0 +1,82 @@
+"""Acceptance 1 (input side): real senders and servers on 127.0.0.1 feed a live run."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import av
+import pytest
+
+from live_peers import Background, free_port, listening, live_run, needs_ffmpeg, process, sender, wait_until
+
+
+def frame_times(path) -> list:
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        return [float(f.pts * st.time_base) for f in c.decode(st)]
+
+
+@needs_ffmpeg
+def test_udp_mpegts_from_an_ffmpeg_sender(tmp_path):
+    port = free_port(socket.SOCK_DGRAM)
+    out = tmp_path / "out.mkv"
+    with process(sender([f"udp://127.0.0.1:{port}?pkt_size=1316"], seconds=20)):
+        stats = live_run(f"udp://127.0.0.1:{port}", str(out), frames=30, seconds=25)
+    assert stats.frames_out >= 30 and stats.kept_partial == str(out)
+    times = frame_times(out)
+    assert len(times) == stats.frames_out and times[0] == 0
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert abs(times[-1] - (len(times) - 1) / 25) < 0.2   # the sender's own 25 fps clock
+
+
+@needs_ffmpeg
+def test_listen_rtsp_receives_an_ffmpeg_push(tmp_path):
+    port = free_port()
+    out = tmp_path / "out.mkv"
+    run = Background(f"rtsp://127.0.0.1:{port}/live", str(out), frames=40, seconds=30, listen=True)
+    wait_until(lambda: listening(port), 10, "the run never listened")
+    with process(sender(["-rtsp_transport", "tcp", f"rtsp://127.0.0.1:{port}/live"], seconds=20, fmt="rtsp")):
+        wait_until(lambda: run.stats is not None or run.error is not None, 30, "no frames")
+    stats = run.result()
+    assert stats.frames_out >= 40 and stats.reconnects == 0
+    times = frame_times(out)
+    assert len(times) == stats.frames_out and all(b > a for a, b in zip(times, times[1:]))
+
+
+GST_PYTHON = "/usr/bin/python3"
+
+
+def _has_gst_rtsp_server() -> bool:
+    if not os.path.exists(GST_PYTHON):
+        return False
+    probe = subprocess.run([GST_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                            "from gi.repository import GstRtspServer"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rtsp_server():
+    if not _has_gst_rtsp_server():
+        pytest.skip("needs /usr/bin/python3 with gi and gst-rtsp-server (gir1.2-gst-rtsp-server-1.0)")
+    port = free_port()
+    script = os.path.join(os.path.dirname(__file__), "gst_rtsp_server.py")
+    proc = subprocess.Popen([GST_PYTHON, script, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        wait_until(lambda: listening(port), 10, "gst-rtsp-server did not listen")
+        yield f"rtsp://127.0.0.1:{port}/test"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_rtsp_client_plays_gst_rtsp_server(rtsp_server, transport, tmp_path):
+    out = tmp_path / "out.mkv"
+    stats = live_run(rtsp_server, str(out), frames=25, seconds=30, rtsp_transport=transport)
+    assert stats.frames_out >= 25 and stats.stalls == 0
+    times = frame_times(out)
+    assert len(times) == stats.frames_out and times[0] == 0 and all(b > a for a, b in zip(times, times[1:]))
+    assert 0.5 < times[-1] < 3.0   # about a second of a 25 fps live clock
