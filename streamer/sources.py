@@ -8,9 +8,10 @@ fails with one clear line before it spends time loading a model. It returns a
 
 Files are read with PyAV (any container and codec FFmpeg reads, threaded decoding) or, with
 ``decoder="decord"``, with decord (an optional extra; files only, AV1 falls back to PyAV).
-Live inputs (webcam, RTSP, UDP, ...) will be further :class:`VideoSource` subclasses chosen in
-:func:`open_source` by the spec's form; PyAV opens those too, so :class:`PyAVSource` already
-takes its container from a generic ``av.open`` call.
+Pipes (``-``, a FIFO) are read by PyAV through a :class:`~streamer.pipes.PipeReader` with a
+deadline. Live inputs (URLs, webcams, ``lavfi:``) are :class:`streamer.live.source.LiveSource`,
+chosen by :func:`streamer.live.inputs.open_input`; they reuse this module's stream description
+(:func:`_video_info`) and :class:`FixedSize`, which scales a frame whose size changed mid-stream.
 """
 from __future__ import annotations
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
 
 from streamer.options import options_from_mapping
 from streamer.pipeline import Run, Stats
-from toy_models import Identity
+
+# tests/streamer's toy models (appended, not prepended: its conftest must not shadow another).
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from toy_models import Identity  # noqa: E402
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg program")

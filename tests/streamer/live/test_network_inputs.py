@@ -1,14 +1,17 @@
 """Acceptance 1 (input side): real senders and servers on 127.0.0.1 feed a live run."""
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import socket
 import subprocess
+import threading
 
 import av
 import pytest
 
-from live_peers import Background, free_port, listening, live_run, needs_ffmpeg, process, sender, wait_until
+from live_peers import FFMPEG, Background, free_port, listening, live_run, needs_ffmpeg, process, sender, wait_until
 
 
 def frame_times(path) -> list:
@@ -80,3 +83,36 @@ def test_rtsp_client_plays_gst_rtsp_server(rtsp_server, transport, tmp_path):
     times = frame_times(out)
     assert len(times) == stats.frames_out and times[0] == 0 and all(b > a for a, b in zip(times, times[1:]))
     assert 0.5 < times[-1] < 3.0   # about a second of a 25 fps live clock
+
+
+@needs_ffmpeg
+def test_listen_rtmp_receives_an_ffmpeg_push(tmp_path):
+    port = free_port()
+    out = tmp_path / "out.mkv"
+    run = Background(f"rtmp://127.0.0.1:{port}/live/x", str(out), frames=25, seconds=30, listen=True)
+    wait_until(lambda: listening(port), 10, "the run never listened")
+    with process(sender([f"rtmp://127.0.0.1:{port}/live/x"], seconds=20, fmt="flv")):
+        wait_until(lambda: run.stats is not None or run.error is not None, 30, "no frames")
+    stats = run.result()
+    assert stats.frames_out >= 25 and stats.reconnects == 0
+
+
+@needs_ffmpeg
+def test_http_progressive_file_ends_the_run_at_its_end(tmp_path):
+    src = tmp_path / "www" / "clip.ts"
+    src.parent.mkdir()
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+                    "-i", "testsrc2=size=96x64:rate=25", "-frames:v", "30", "-c:v", "libx264", "-f", "mpegts",
+                    str(src)], check=True, timeout=60)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "out.mkv"
+        stats = live_run(f"http://127.0.0.1:{server.server_address[1]}/clip.ts", str(out), frames=10_000,
+                         seconds=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert stats.completed and stats.frames_out == 30 and stats.reconnects == 0

@@ -1,5 +1,0 @@
-"""The live tests share tests/streamer's toy models."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
