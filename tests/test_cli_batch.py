@@ -130,7 +130,7 @@ def test_a_job_past_its_timeout_fails_alone_and_leaves_nothing(workdir: Path):
                                        "    output: out/r1-sharp.mp4\n    task: deblur\n")
     code, jobs = _batch(workdir, "--jobs", "2")
     assert code == 1
-    assert all(jobs[f"clean-up/r{i}"]["status"] == "failed" for i in (1, 2, 3))
+    assert all(jobs[f"clean-up/r{i}"]["status"] == "failed" for i in (1, 2, 3)), [(j["name"], j["status"], j["seconds"], j["error"], j["worker"]) for j in jobs.values()]
     assert "timed out after 0.5 s" in jobs["clean-up/r1"]["error"]
     assert jobs["sharpen"]["status"] == "done"
     assert sorted(p.name for p in (workdir / "out").iterdir()) == [".r1-sharp.mp4.nystra.json", "r1-sharp.mp4"]

@@ -25,7 +25,11 @@ def _say(message: Dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+_interrupted = threading.Event()
+
+
 def _stop(signum, frame) -> NoReturn:
+    _interrupted.set()   # (an import may swallow the exception: execute() checks this too)
     raise KeyboardInterrupt()
 
 
@@ -67,13 +71,15 @@ def execute(spec: Dict[str, Any], progress: Optional[Callable[[int, Optional[int
     from ..ranges import FrameRange
     from . import manifest
 
+    if _interrupted.is_set():   # SIGTERM while the libraries loaded, swallowed by an import
+        raise KeyboardInterrupt()
     try:
         # A job file names outputs in folders of its own: they are made as needed.
         os.makedirs(os.path.dirname(os.path.abspath(spec["output"])), exist_ok=True)
         options = dict(spec["options"])
         if options.get("frame_range") is not None:   # (JSON: a list)
             options["frame_range"] = FrameRange(*options["frame_range"])
-        options = options_from_mapping({**options, "progress": progress})
+        options = options_from_mapping({**options, "progress": progress, "cancel": _interrupted})
         run = Run(spec["input"], spec["output"], options)
         run.execute()
         stats = run.stats.to_dict()
