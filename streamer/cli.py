@@ -147,7 +147,18 @@ def _fail(message: str, code: int) -> int:
 _interrupted = threading.Event()
 
 
-def _raise_interrupt(signum, frame) -> NoReturn:
+class _LiveStop:
+    """The run whose live input the first Ctrl-C/SIGTERM ends gracefully (a second one interrupts)."""
+
+    run = None
+    asked = False
+
+
+def _raise_interrupt(signum, frame) -> None:
+    if _LiveStop.run is not None and not _LiveStop.asked:
+        _LiveStop.asked = True
+        if _LiveStop.run.finish_input():   # finish what is in flight, finalise, exit 0
+            return
     _interrupted.set()
     raise KeyboardInterrupt()
 
@@ -236,6 +247,7 @@ def _main(args: argparse.Namespace) -> int:
     options["cancel"] = _interrupted
     run = Run(args.input, args.output, Options(**options))
     stats, failure = run.stats, None
+    _LiveStop.run, _LiveStop.asked = run, False
     try:
         _stop_if_interrupted()   # an interrupt swallowed while the libraries loaded
         run.execute()
@@ -250,6 +262,7 @@ def _main(args: argparse.Namespace) -> int:
     except Exception as err:  # a model or library error while processing
         failure = (f"processing failed: {type(err).__name__}: {err}", 1)
     finally:
+        _LiveStop.run = None
         if bar is not None:
             bar.close()   # before any message, so it does not share the bar's line
     code = _fail(*failure) if failure else 0

@@ -41,6 +41,7 @@ class Frame:
     pts: Optional[int]
     time_base: Fraction
     image: np.ndarray
+    arrived: Optional[float] = None   # time.monotonic() when a live source demuxed it (latency's start)
 
 
 @dataclass

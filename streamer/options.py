@@ -34,6 +34,7 @@ from .live.specs import DEFAULT_STALL_TIMEOUT, RTSP_TRANSPORTS
 from .errors import UsageError
 from .pool import CpuPool
 from .process_env import cpu_cores
+from .live.source import DROP_POLICIES
 from .ranges import FrameRange
 from .sources import DECODERS, DEFAULT_MAX_DECODE_ERRORS
 from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
@@ -49,6 +50,7 @@ from .workers import DeviceWorker, Worker
 # and before the allocator setting, had this process ahead: benchmarks/RESULTS.md.) One core:
 # in this process. Larger machines get 2 workers x cores/2 threads: not measured there.
 DEFAULT_WORKERS = 2 if cpu_cores() >= 2 else 0
+DEFAULT_MAX_LATENCY_MS = 1000.0   # live inputs: arrival -> encoded
 VIDEO_TASKS = ("vsr", "video-deblur", "video-denoise")
 SCALE_FOR_TASK = {"sr2": 2, "sr3": 3, "sr4": 4, "sr8": 8, "vsr": 4}
 
@@ -181,6 +183,14 @@ class Options:
     reconnect: Optional[int] = _option(
         None, "live input", "reconnect tries in a row before a lost live input ends the run (exit 1); "
         "0 = fail at once (default: unlimited)", metavar="N", minimum=0)
+    max_latency: Optional[float] = _option(
+        None, "live input", f"milliseconds from a live frame's arrival to its encoding that no frame may exceed: one "
+        f"that can no longer make it is dropped before the model (default {DEFAULT_MAX_LATENCY_MS:g} for live "
+        "inputs)", metavar="MS", minimum=1)
+    drop: Optional[str] = _option(
+        None, "live input", "which frame a live run drops when the model is behind: oldest (the latest picture "
+        "wins), newest, or none (wait: latency then grows; default oldest, none for http(s) files, which "
+        "are not paced)", choices=lambda: DROP_POLICIES)
     input_size: Optional[str] = _option(None, "live input", "webcam picture size, e.g. 1280x720", metavar="WxH")
     input_rate: Optional[float] = _option(None, "live input", "webcam frame rate, e.g. 30", metavar="F")
     input_format: Optional[str] = _option(

@@ -28,13 +28,15 @@ says what was done.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from collections import deque
+from typing import Deque, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -47,7 +49,7 @@ from .encoding import EncoderSettings
 from .errors import UsageError
 from .flow import Stopped, get, put
 from .frames import Frame
-from .options import (Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
+from .options import (DEFAULT_MAX_LATENCY_MS, Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
                       options_from_mapping, prepare_model, resolve_precision)
 from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
@@ -58,6 +60,8 @@ from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, wi
 from .workers import Worker
 
 log = logging.getLogger(__name__)
+
+LIVE_QUEUE_ITEMS = 1   # work items between stages for a live input (see Run.stream)
 
 STAGES = ("decode", "cut", "model", "stitch", "encode")
 
@@ -82,6 +86,10 @@ class Stats:
     workers_peak_rss_mb: float = 0.0        # largest worker process (CPU pool)
     latency_ms_p50: Optional[float] = None  # decode of a frame -> its restored frame encoded
     latency_ms_p95: Optional[float] = None
+    latency_ms_p99: Optional[float] = None
+    live: bool = False
+    frames_dropped: int = 0                 # live: frames_in = frames_out + frames_dropped
+    drop_reasons: Dict[str, int] = field(default_factory=dict)
     worker_restarts: int = 0
     attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
     prefilter: Optional[str] = None         # whole-frame step before the model, if any
@@ -102,6 +110,9 @@ class Stats:
     def summary(self) -> str:
         lat = f", latency p50 {self.latency_ms_p50:.0f} ms p95 {self.latency_ms_p95:.0f} ms" \
             if self.latency_ms_p50 is not None else ""
+        if self.live and self.latency_ms_p99 is not None:
+            lat += f" p99 {self.latency_ms_p99:.0f} ms, {self.frames_dropped} dropped"
+            lat += f", {self.reconnects} reconnects" if self.reconnects else ""
         fallbacks = (f", Nyström fell back to exact attention on {self.attention_fallbacks} window-heads"
                      if self.attention_fallbacks else "")
         if self.prefilter == "motion-wiener":
@@ -137,6 +148,15 @@ class RunState:
         self.frames_in = 0
         self.frames_out = 0      # written by the caller's thread
         self.peak_held = 0       # most frames decoded and not yet written (read racily: an upper bound)
+        self.drops: Dict[str, int] = {}
+        self.cut_at: Dict[int, float] = {}       # frame index -> when it entered the cutter
+        # A frame's time from the cutter to encoded: the most of the last 8, so that a deadline
+        # is judged against what the queue and the model have just been taking, not an average.
+        self.services: Deque[float] = deque(maxlen=8)
+        self.service_s: Optional[float] = None
+
+    def dropped(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
 
     def fail(self, err: BaseException) -> None:
         """Record ``err`` if it is the first error, and stop every stage."""
@@ -149,11 +169,22 @@ class RunState:
 class DecodeStage:
     """Frames from the source, cut into work items, onto the ``work`` queue (``None`` ends it)."""
 
-    def __init__(self, source: VideoSource, cutter: Cutter, work: "queue.Queue", state: RunState) -> None:
+    def __init__(self, source: VideoSource, cutter: Cutter, work: "queue.Queue", state: RunState,
+                 budget_s: Optional[float] = None) -> None:
         self.source, self.cutter, self.work, self.state = source, cutter, work, state
+        self.budget_s = budget_s   # live: arrival -> encoded; a frame that cannot make it is dropped here
+
+    def _too_late(self, frame: Frame) -> bool:
+        """Whether ``frame`` would leave after its deadline: its age plus what the model and encoder
+        take per frame (measured) exceeds the budget. Dropped here, before the model spends on it."""
+        service = self.state.service_s
+        if self.budget_s is None or frame.arrived is None or service is None:
+            return False
+        return time.monotonic() - frame.arrived + service > self.budget_s
 
     def __call__(self) -> None:
         state = self.state
+        passed = 0
         try:
             frames = iter(self.source)
             while True:
@@ -163,8 +194,15 @@ class DecodeStage:
                 state.seconds["decode"] += t1 - t0
                 if frame is None:
                     break
-                state.decoded_at[frame.index] = time.monotonic()
                 state.frames_in += 1
+                if self._too_late(frame):
+                    state.dropped("late")
+                    continue
+                if frame.index != passed:   # frames dropped before: the cutter numbers without gaps
+                    frame = dataclasses.replace(frame, index=passed)
+                passed += 1
+                state.decoded_at[frame.index] = frame.arrived or time.monotonic()
+                state.cut_at[frame.index] = time.monotonic()
                 state.peak_held = max(state.peak_held, state.frames_in - state.frames_out)
                 items = self.cutter.push(frame)
                 state.seconds["cut"] += time.perf_counter() - t1
@@ -276,7 +314,10 @@ class Run:
         """Frames through every stage; returns once the sink is finalised."""
         assert self.source is not None and self.worker is not None and self.cutter is not None, "prepare() first"
         opts, state, source = self.opts, self.state, self.source
-        capacity = queue_items(opts.queue_size, self.cutter.windower.clip_len)
+        # A live input gets shallow queues: what waits in them is latency, and a stop (Ctrl-C)
+        # finishes what is in flight; LiveSource's own handoff holds 2 more frames.
+        depth = min(opts.queue_size, LIVE_QUEUE_ITEMS) if source.info.live else opts.queue_size
+        capacity = queue_items(depth, self.cutter.windower.clip_len)
         work: "queue.Queue" = queue.Queue(maxsize=capacity)
         results: "queue.Queue" = queue.Queue(maxsize=capacity)
         self._started = time.monotonic()
@@ -287,7 +328,8 @@ class Run:
         self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
                               streams_from=source.streams_from if opts.copy_streams else None)
         self._threads = [
-            threading.Thread(target=DecodeStage(source, self.cutter, work, state), name="decode", daemon=True),
+            threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s()), name="decode",
+                             daemon=True),
             threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),
         ]
         for thread in self._threads:
@@ -328,6 +370,8 @@ class Run:
                 if self._first_out is None:
                     self._first_out = done_at
                 self._latencies.append(done_at - state.decoded_at.pop(original.index, done_at))
+                state.services.append(done_at - state.cut_at.pop(original.index, done_at))
+                state.service_s = max(state.services)
                 self.stats.frames_out += 1
                 state.frames_out = self.stats.frames_out
                 if opts.progress is not None:
@@ -335,6 +379,26 @@ class Run:
             state.seconds["encode"] += time.perf_counter() - t1
             if result is None:
                 return
+
+    def _budget_s(self) -> Optional[float]:
+        """The latency budget in seconds: ``max_latency``, by default 1 s for live inputs."""
+        if not self.source.info.live:
+            return self.opts.max_latency / 1000 if self.opts.max_latency else None
+        if self.source.drop == "none":
+            if self.opts.drop == "none":
+                log.warning("--drop none: a live frame waits for the model, so latency grows when it is behind")
+            return None
+        return (self.opts.max_latency or DEFAULT_MAX_LATENCY_MS) / 1000
+
+    def finish_input(self) -> bool:
+        """End a live input as if it had ended (the normal stop of a live run, from Ctrl-C or
+        SIGTERM): the frames in flight are restored and the output is finalised. False, doing
+        nothing, for an input that cannot be closed from another thread (files)."""
+        source = self.source
+        if source is None or not source.info.live or not source.closes_from_any_thread:
+            return False
+        source.close()
+        return True
 
     # -- tearing down ------------------------------------------------------------------------
 
@@ -369,7 +433,12 @@ class Run:
     def _finish_stats(self) -> None:
         stats, state = self.stats, self.state
         ended = time.monotonic()
-        stats.frames_in = state.frames_in
+        stats.live = self.source.info.live
+        stats.drop_reasons = dict(state.drops)
+        if self.source.frames_dropped:
+            stats.drop_reasons["behind"] = self.source.frames_dropped
+        stats.frames_dropped = sum(stats.drop_reasons.values())
+        stats.frames_in = state.frames_in + self.source.frames_dropped
         stats.seconds = ended - self._started
         stats.fps = stats.frames_out / stats.seconds if stats.seconds > 0 else 0.0
         if self._first_out is not None:
@@ -393,6 +462,7 @@ class Run:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))
             stats.latency_ms_p95 = float(np.percentile(ms, 95))
+            stats.latency_ms_p99 = float(np.percentile(ms, 99))
 
 
 def _side_by_side(original: Frame, restored: Frame) -> Frame:

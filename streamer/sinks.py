@@ -22,6 +22,8 @@ import logging
 import os
 import secrets
 from collections import deque
+from dataclasses import replace
+from fractions import Fraction
 from typing import Deque, Dict, List, Optional, Tuple
 
 import av
@@ -87,6 +89,25 @@ def temp_path(path: str) -> str:
     return os.path.join(directory, f".{stem}.partial-{secrets.token_hex(4)}{ext}")
 
 
+def live_encoder_options(codec: str, rate: Optional[Fraction]) -> Dict[str, str]:
+    """Low-latency encoding for a live input: a keyframe about every second (a player or a
+    recording cut short starts cleanly within a second) and, for x264, no look-ahead."""
+    options = {"g": str(max(1, round(rate or 30)))}
+    if codec == "libx264":
+        options["tune"] = "zerolatency"
+    return options
+
+
+def live_container_options(path: str) -> Dict[str, str]:
+    """Muxer options that keep a file written from a live input playable at every moment, so a
+    `kill -9` or a power cut leaves a recording of everything encoded so far: packets flushed as
+    they are muxed, and MP4/MOV fragmented (an index per fragment instead of one at the end)."""
+    options = {"flush_packets": "1"}
+    if os.path.splitext(path)[1].lower() in (".mp4", ".mov", ".m4v"):
+        options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+    return options
+
+
 def partial_files(path: str) -> List[str]:
     """Temporary files of ``path`` (:func:`temp_path`) left by a process killed mid-write."""
     directory, name = os.path.split(os.path.abspath(path))
@@ -124,8 +145,12 @@ class VideoSink:
         self._output: Optional["av.container.OutputContainer"] = None
         self._unmuxed: Deque["av.Packet"] = deque()
 
+        if info.live:
+            settings = replace(settings, no_reordering=True)
         codec = video_encoder(settings.codec)
         options = encoder_options(settings)
+        if info.live:
+            options.update(live_encoder_options(settings.codec, info.average_rate))
         self.pix_fmt = pick_pix_fmt(codec, settings.pix_fmt, self.width, self.height)
         self.time_base = info.time_base
         self._pts = PtsRepair(info.time_base, info.average_rate)
@@ -133,7 +158,12 @@ class VideoSink:
         self._range = info.color_range or None
 
         try:
-            self._output = av.open(self._temp, "w")
+            self._output = av.open(self._temp, "w", container_options=live_container_options(self.path)
+                                   if info.live else None)
+            if info.live:
+                log.info("recording the live input to %s as it arrives (playable at every moment, even "
+                            "after a crash); it is renamed to %s when the run ends", display_path(self._temp),
+                            self._shown)
             if not _container_accepts(self._output, codec):
                 raise UsageError(f"{codec.name} video cannot go into a {os.path.splitext(self.path)[1]} "
                                  f"file: choose another codec or container")

@@ -127,6 +127,8 @@ class VideoSource:
     # Whether close() is safe while another thread is inside iteration (PyAV's is not: the
     # container would be closed under FFmpeg).
     closes_from_any_thread = False
+    frames_dropped = 0     # frames a live source discarded because the pipeline was behind
+    drop = "none"          # its drop policy (streamer.live.source.DROP_POLICIES)
 
     def __init__(self) -> None:
         self._iterated = False

@@ -19,5 +19,7 @@ def open_input(text: str, opts: Options) -> VideoSource:
             raise UsageError(f"--reconnect is for live inputs (URLs, lavfi:, webcams), not {text}")
         return open_source(text, decoder=opts.decoder, max_decode_errors=opts.max_decode_errors,
                            pipe_timeout=opts.stall_timeout)
-    return LiveSource(spec, stall_timeout=opts.stall_timeout, reconnect=opts.reconnect)
+    # An http(s) file arrives as fast as it downloads, not in real time: nothing to drop by default.
+    drop = opts.drop or ("none" if spec.scheme in ("http", "https") else "oldest")
+    return LiveSource(spec, stall_timeout=opts.stall_timeout, reconnect=opts.reconnect, drop=drop)
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 8.0
+DROP_POLICIES = ("oldest", "newest", "none")
 HANDOFF_FRAMES = 2        # decoded frames waiting for the pipeline: what bounds this stage's latency
 _POLL_S = 0.05            # how often a waiting side looks at the stop flag
 
@@ -88,7 +89,7 @@ class LiveSource(VideoSource):
     closes_from_any_thread = True   # close() only signals the demux thread
 
     def __init__(self, spec: InputSpec, stall_timeout: float, reconnect: Optional[int] = None,
-                 opener: Opener = open_container) -> None:
+                 opener: Opener = open_container, drop: str = "oldest") -> None:
         super().__init__()
         assert spec.live, spec
         if stall_timeout <= 0:
@@ -96,6 +97,9 @@ class LiveSource(VideoSource):
         if reconnect is not None and reconnect < 0:
             raise UsageError(f"--reconnect must be >= 0, got {reconnect}")
         self.spec, self.path = spec, spec.target
+        if drop not in DROP_POLICIES:
+            raise UsageError(f"unknown drop policy {drop!r} (choose from {', '.join(DROP_POLICIES)})")
+        self.drop = drop
         self.stall_timeout, self.reconnect_limit = stall_timeout, reconnect
         self._opener = opener
         self._handoff: "queue.Queue[_Message]" = queue.Queue(maxsize=HANDOFF_FRAMES)
@@ -160,6 +164,7 @@ class LiveSource(VideoSource):
                         stream = _video_stream(container, self.spec.shown)
                         stream.thread_type = "SLICE"   # (see PyAVSource: frame threads lose frames)
                         for vf in self._decoded(container, stream):
+                            arrived = time.monotonic()
                             if info is None:
                                 info = self._info(container, stream, vf)
                                 timeline = Timeline(info.time_base, info.average_rate)
@@ -173,7 +178,7 @@ class LiveSource(VideoSource):
                                             "a gap there", self.spec.shown, away, self.reconnects)
                             lost_at, tries = None, 0
                             pts = timeline(vf.pts, vf.time_base or stream.time_base)
-                            if not self._put(Frame(index, pts, info.time_base, fixed(vf))):
+                            if not self._offer(Frame(index, pts, info.time_base, fixed(vf), arrived=arrived)):
                                 return
                             index += 1
                     finally:
@@ -243,6 +248,30 @@ class LiveSource(VideoSource):
         if _is_timeout(err):
             return _Lost(f"stalled: nothing received for {self.stall_timeout:g} s", stall=True)
         return _Lost(what, stall=False)
+
+    def _offer(self, frame: Frame) -> bool:
+        """Hand a frame over under the drop policy: with a full handoff (the pipeline is behind),
+        ``oldest`` replaces the oldest waiting frame, ``newest`` discards this one, ``none``
+        waits (latency then grows). Demuxing never waits otherwise: a slow model is not a stall."""
+        if self.drop == "none":
+            return self._put(frame)
+        try:
+            self._handoff.put_nowait(frame)
+            return not self._quit.is_set()
+        except queue.Full:
+            pass
+        if self.drop == "newest":
+            self.frames_dropped += 1
+            return not self._quit.is_set()
+        try:
+            oldest = self._handoff.get_nowait()
+        except queue.Empty:
+            oldest = None
+        if isinstance(oldest, Frame):
+            self.frames_dropped += 1
+        elif oldest is not None:   # (not a frame: keep its order, wait instead)
+            return self._put(oldest) and self._put(frame)
+        return self._put(frame)
 
     def _put(self, message: _Message) -> bool:
         """Hand ``message`` over; False once the consumer has gone."""

@@ -93,7 +93,7 @@ def test_size_change_in_a_live_udp_input(tmp_path, caplog):
     send = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-i", str(src), "-c", "copy", "-f", "mpegts",
             f"udp://127.0.0.1:{port}?pkt_size=1316"]
     with caplog.at_level(logging.WARNING, logger="streamer"), process(send):
-        stats = live_run(f"udp://127.0.0.1:{port}", str(out), frames=45, seconds=20, stall_timeout=3)
+        stats = live_run(f"udp://127.0.0.1:{port}", str(out), frames=45, seconds=20, stall_timeout=3, drop="none")
     frames = sizes_and_times(out)
     assert len(frames) == stats.frames_out >= 45
     assert {size for size, _ in frames} == {(160, 120)}
