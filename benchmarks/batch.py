@@ -8,7 +8,8 @@ here (x264, noise frames, so the model does real work): the bundled ``denoise`` 
   with ``--executor ray`` when Ray is installed (a Ray instance started by the batch itself, so its
   start-up is inside the figure, as a user would see it).
 - ``fixed_cost_per_task_s``: (4 jobs of F frames − 1 job of 4·F frames) / 3, both ``--jobs 1``:
-  what a task costs besides its frames (a child process, torch import, model load, open/close).
+  what a task costs besides its frames (a child process, torch import, model load, open/close);
+  also with ``workers: 0`` (no CPU worker processes per task), which ``--jobs 2`` uses.
 - ``segments``: one long video (4·F frames) as 1 vs 4 segments, ``--jobs 4``; fixed cost per segment
   = (4 segments at ``--jobs 1`` − 1 segment) / 3. Reported only where segment-parallel runs exist
   (``streamer.batch.segments``); otherwise the JSON says so.
@@ -55,20 +56,21 @@ def make_video(path: Path, frames: int, width: int, height: int, seed: int) -> N
             out.mux(p)
 
 
-def jobs_yaml(inputs: List[Path], out_dir: Path, segments: str = "off") -> str:
-    lines = ["defaults:", "  task: denoise", "jobs:"]
+def jobs_yaml(inputs: List[Path], out_dir: Path, segments: str = "off", workers: Optional[int] = None) -> str:
+    lines = ["defaults:", "  task: denoise"] + ([f"  workers: {workers}"] if workers is not None else []) + ["jobs:"]
     for i, path in enumerate(inputs):
         lines += [f"  - name: j{i}", f"    input: {json.dumps(str(path))}",
                   f"    output: {json.dumps(str(out_dir / (path.stem + '.mkv')))}", f"    segments: {segments}"]
     return "\n".join(lines) + "\n"
 
 
-def batch(work: Path, label: str, inputs: List[Path], *flags: str, segments: str = "off") -> Dict:
+def batch(work: Path, label: str, inputs: List[Path], *flags: str, segments: str = "off",
+          workers: Optional[int] = None) -> Dict:
     """One ``nystra-stream batch`` run into a fresh folder: wall seconds and the report's statuses."""
     out_dir = work / label
     out_dir.mkdir()
     jobs = work / f"{label}.yaml"
-    jobs.write_text(jobs_yaml(inputs, out_dir, segments))
+    jobs.write_text(jobs_yaml(inputs, out_dir, segments, workers))
     report = work / f"{label}.json"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "streamer.cli", "batch", str(jobs), "-q", "--report", str(report),
@@ -107,7 +109,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         batch(work, "warm-up", short[:1], "--jobs", "1")
         runs = {"local_jobs1": batch(work, "local1", short, "--jobs", "1"),
                 "local_jobs2": batch(work, "local2", short, "--jobs", "2"),
-                "one_long_job": batch(work, "long1", [long], "--jobs", "1")}
+                "one_long_job": batch(work, "long1", [long], "--jobs", "1"),
+                # --jobs 1 keeps the default CPU worker processes (a pool per task); this is without:
+                "local_jobs1_workers0": batch(work, "local1w0", short, "--jobs", "1", workers=0),
+                "one_long_job_workers0": batch(work, "long1w0", [long], "--jobs", "1", workers=0)}
         if has_ray:
             runs["ray_jobs1"] = batch(work, "ray1", short, "--jobs", "1", "--executor", "ray")
             runs["ray_jobs2"] = batch(work, "ray2", short, "--jobs", "2", "--executor", "ray")
@@ -115,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result["speedup_jobs2_vs_jobs1_local"] = round(runs["local_jobs1"]["wall_s"] / runs["local_jobs2"]["wall_s"], 3)
         result["fixed_cost_per_task_s"] = round(
             (runs["local_jobs1"]["wall_s"] - runs["one_long_job"]["wall_s"]) / 3, 3)
+        result["fixed_cost_per_task_workers0_s"] = round(
+            (runs["local_jobs1_workers0"]["wall_s"] - runs["one_long_job_workers0"]["wall_s"]) / 3, 3)
         if has_ray:
             result["speedup_jobs2_vs_jobs1_ray"] = round(runs["ray_jobs1"]["wall_s"] / runs["ray_jobs2"]["wall_s"], 3)
             result["ray_vs_local_jobs2"] = round(runs["ray_jobs2"]["wall_s"] / runs["local_jobs2"]["wall_s"], 3)
