@@ -3,7 +3,10 @@ tasks; a Ray worker process SIGKILLed in the middle of a task is retried by Ray,
 complete and identical to an undisturbed run, with no temporary file left.
 
 Ray talks only to this machine here: a local instance on 127.0.0.1, no usage reports, no dashboard,
-and any HTTP(S) it might try goes to a closed local port.
+and any HTTP(S) it might try goes to a closed local port. That matters: Ray 2.60's minimal dashboard
+process probes cloud metadata (169.254.169.254, metadata.google.internal) at start whatever
+RAY_USAGE_STATS_ENABLED says (usage_lib.get_cluster_config_to_report); through requests, which obeys
+http_proxy, so here it reaches only 127.0.0.1:9 (checked with strace -f -e trace=connect).
 """
 from __future__ import annotations
 
