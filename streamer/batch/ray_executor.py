@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ..errors import UsageError
 from ..process_env import cpu_cores
 from ..sinks import partial_files
 from .executors import Outcome, Progress
@@ -36,7 +37,6 @@ def _import_ray():
         import ray
         import ray.util.queue
     except ImportError:
-        from ..errors import UsageError
         raise UsageError("--executor ray needs Ray: pip install 'nystra-stream[ray]'") from None
     return ray
 
