@@ -191,6 +191,11 @@ class Options:
         None, "live input", "which frame a live run drops when the model is behind: oldest (the latest picture "
         "wins), newest, or none (wait: latency then grows; default oldest, none for http(s) files, which "
         "are not paced)", choices=lambda: DROP_POLICIES)
+    duration: Optional[float] = _option(
+        None, "live input", "end the run cleanly after this many seconds of input (any input; a live one "
+        "otherwise runs until stopped)", metavar="S", minimum=0.001)
+    frames: Optional[int] = _option(
+        None, "live input", "end the run cleanly after this many input frames (any input)", metavar="N", minimum=1)
     input_size: Optional[str] = _option(None, "live input", "webcam picture size, e.g. 1280x720", metavar="WxH")
     input_rate: Optional[float] = _option(None, "live input", "webcam frame rate, e.g. 30", metavar="F")
     input_format: Optional[str] = _option(

@@ -170,9 +170,22 @@ class DecodeStage:
     """Frames from the source, cut into work items, onto the ``work`` queue (``None`` ends it)."""
 
     def __init__(self, source: VideoSource, cutter: Cutter, work: "queue.Queue", state: RunState,
-                 budget_s: Optional[float] = None) -> None:
+                 budget_s: Optional[float] = None, frames: Optional[int] = None,
+                 duration: Optional[float] = None) -> None:
         self.source, self.cutter, self.work, self.state = source, cutter, work, state
         self.budget_s = budget_s   # live: arrival -> encoded; a frame that cannot make it is dropped here
+        self.frames, self.duration = frames, duration   # --frames N / --duration S: end of input here
+
+    def _enough(self, frame: Frame, first: Optional[Frame], started: float) -> bool:
+        """Whether ``frame`` is past ``--frames`` / ``--duration`` (input time where it has
+        timestamps, else wall time since the first frame)."""
+        if self.frames is not None and self.state.frames_in >= self.frames:
+            return True
+        if self.duration is None or first is None:
+            return False
+        if frame.pts is not None and first.pts is not None:
+            return float((frame.pts - first.pts) * frame.time_base) >= self.duration
+        return time.monotonic() - started >= self.duration
 
     def _too_late(self, frame: Frame) -> bool:
         """Whether ``frame`` would leave after its deadline: its age plus what the model and encoder
@@ -184,7 +197,7 @@ class DecodeStage:
 
     def __call__(self) -> None:
         state = self.state
-        passed = 0
+        passed, first, started = 0, None, time.monotonic()
         try:
             frames = iter(self.source)
             while True:
@@ -192,8 +205,9 @@ class DecodeStage:
                 frame = next(frames, None)
                 t1 = time.perf_counter()
                 state.seconds["decode"] += t1 - t0
-                if frame is None:
+                if frame is None or self._enough(frame, first, started):
                     break
+                first = first or frame
                 state.frames_in += 1
                 if self._too_late(frame):
                     state.dropped("late")
@@ -284,6 +298,8 @@ class Run:
             log.warning("%s is %s: %s", self.input, info_in.pix_fmt, lost)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
         windows = whole_frames_if_they_fit(windows, opts.tile, info_in.width, info_in.height)
+        if info_in.live and windows.clip_len > 1:
+            _check_clip_budget(windows.clip_len, info_in.average_rate, opts)
         prefilter = make_prefilter(choose_prefilter(info, opts), device=opts.device)
         self.stats.prefilter = getattr(prefilter, "name", None)
         self.cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap,
@@ -328,8 +344,8 @@ class Run:
         self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
                               streams_from=source.streams_from if opts.copy_streams else None)
         self._threads = [
-            threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s()), name="decode",
-                             daemon=True),
+            threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s(), opts.frames,
+                                                opts.duration), name="decode", daemon=True),
             threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),
         ]
         for thread in self._threads:
@@ -341,7 +357,7 @@ class Run:
         if state.error is not None:
             raise state.error
         self.worker.close()
-        self.sink.close()
+        self.sink.close(video_only_end=opts.frames is not None or opts.duration is not None)
         self.stats.completed = True
 
     def _write(self, results: "queue.Queue") -> None:
@@ -463,6 +479,19 @@ class Run:
             stats.latency_ms_p50 = float(np.percentile(ms, 50))
             stats.latency_ms_p95 = float(np.percentile(ms, 95))
             stats.latency_ms_p99 = float(np.percentile(ms, 99))
+
+
+def _check_clip_budget(clip_len: int, rate, opts: Options) -> None:
+    """A video model holds back a whole clip before it restores any of it: that is latency the
+    budget must allow for. Said at start; a smaller ``--max-latency`` is refused, naming the least."""
+    fps = float(rate) if rate else 30.0
+    need_ms = 1000.0 * clip_len / fps
+    log.warning("a video model restores clips of %d frames: every frame waits for its clip, at least %.0f ms "
+                "of latency at %.4g fps", clip_len, need_ms, fps)
+    budget = opts.max_latency if opts.max_latency is not None else DEFAULT_MAX_LATENCY_MS
+    if budget < need_ms:
+        raise UsageError(f"--max-latency {budget:g} is below what a clip of {clip_len} frames needs at {fps:.4g} fps: "
+                         f"give at least {need_ms:.0f} ms (or a shorter --clip-len)")
 
 
 def _side_by_side(original: Frame, restored: Frame) -> Frame:

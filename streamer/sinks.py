@@ -237,15 +237,16 @@ class VideoSink:
 
     # -- finishing ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Flush the encoder, copy the rest of the audio, finalise and rename to ``path``."""
+    def close(self, video_only_end: bool = False) -> None:
+        """Flush the encoder, copy the rest of the audio (with ``video_only_end``, only up to
+        the end of the video: the input was cut short), finalise and rename to ``path``."""
         if self._done is not None:
             return
         if not self.frames_written:
             self.abort()
             raise ProcessingError(f"no frames were written: {self._shown} not created")
         try:
-            self._finalise(audio_until=float("inf"))
+            self._finalise(audio_until=self._last_end if video_only_end else float("inf"))
         except BaseException as err:
             self.abort()
             if isinstance(err, (av.FFmpegError, OSError)):
