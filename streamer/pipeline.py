@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -270,6 +270,7 @@ class Run:
         self.scale = 1
         self._threads: List[threading.Thread] = []
         self._latencies: List[float] = []
+        self._write_range: Optional[Tuple[int, int]] = None   # frame range runs: what is written
         self._started: Optional[float] = None
         self._first_out: Optional[float] = None
 
@@ -285,8 +286,8 @@ class Run:
         opts = self.opts
         check_options(opts)
         self.source = open_input(self.input, opts)
-        if opts.frame_range is not None:
-            self._restrict(opts.frame_range)
+        if opts.frame_range is not None and not isinstance(self.source, PyAVSource):
+            raise UsageError("a frame range needs a file read with the pyav decoder")
         check_output_path(self.output, input_path=self.input)
         check_encoder(opts, self.output)
         model, self.stats.model = prepare_model(opts)
@@ -300,6 +301,8 @@ class Run:
         windows = whole_frames_if_they_fit(windows, opts.tile, info_in.width, info_in.height)
         if info_in.live and windows.clip_len > 1:
             _check_clip_budget(windows.clip_len, info_in.average_rate, opts)
+        if opts.frame_range is not None:
+            self._restrict(opts.frame_range, windows.clip_len, windows.clip_overlap)
         prefilter = make_prefilter(choose_prefilter(info, opts), device=opts.device)
         self.stats.prefilter = getattr(prefilter, "name", None)
         self.cutter = Cutter(windows.clip_len, windows.clip_overlap, windows.tile, windows.tile_overlap,
@@ -315,14 +318,26 @@ class Run:
                                    sigma=opts.sigma, prefilter=prefilter)
         self.stats.worker = self.worker.description
 
-    def _restrict(self, frames: FrameRange) -> None:
-        if not isinstance(self.source, PyAVSource):
-            raise UsageError("a frame range needs the pyav decoder")
+    def _restrict(self, frames: FrameRange, clip_len: int, clip_overlap: int) -> None:
+        """Decode only what frames ``[start, end)`` need, and write only those.
+
+        A per-frame model needs just them. A video model's clips lie on a grid from frame 0
+        (:mod:`pipelines.clips`: starts 0, s, 2s, ... with s = clip_len - overlap) and blend where
+        they overlap, so to compute each frame from the same clips and weights as one pass does,
+        decoding starts on that grid at least ``overlap`` frames before ``start`` and goes on a
+        whole clip past ``end`` (the run's own last clip, aligned to where it stops, then touches
+        only frames it does not write). Restored frames outside the range are discarded."""
         index = FrameIndex.scan(self.input)
         if frames.end > len(index):
             raise UsageError(f"frame range [{frames.start}, {frames.end}) is past the end of {self.input} "
                              f"({len(index)} frames)")
-        self.source.restrict(index.pts[frames.start], index.pts[frames.end] if frames.end < len(index) else None)
+        first, last = frames.start, frames.end
+        if clip_len > 1:
+            stride = clip_len - clip_overlap
+            first = max(0, (frames.start - clip_overlap) // stride * stride)
+            last = min(len(index), frames.end + clip_len)
+        self._write_range = (frames.start - first, frames.end - first)   # in the run's own frame numbers
+        self.source.restrict(index.pts[first], index.pts[last] if last < len(index) else None)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -377,6 +392,11 @@ class Run:
             t1 = time.perf_counter()
             state.seconds["stitch"] += t1 - t0
             for original, restored in pairs:
+                if self._write_range is not None and not \
+                        self._write_range[0] <= original.index < self._write_range[1]:
+                    state.decoded_at.pop(original.index, None)
+                    state.cut_at.pop(original.index, None)
+                    continue   # context for a frame range's clips: restored, not written
                 if self.auditor is not None:
                     self.auditor.offer(original, restored.image)
                 if opts.compare:

@@ -13,7 +13,6 @@ import av
 from tqdm import tqdm
 
 from ..errors import StreamerError, UsageError
-from ..options import VIDEO_TASKS
 from . import manifest, report, segments
 from .executors import LocalExecutor, Outcome
 from .plan import Task, plan
@@ -92,11 +91,6 @@ def _split(todo: List[Task], jobs: int) -> tuple:
         if count == "auto":
             count = segments.auto_segment_count(task.input, jobs)
         if count in ("off", 1) or count is None:
-            pieces.append(task)
-            continue
-        if task.options.get("task") in VIDEO_TASKS:
-            log.warning("%s: video (clip) models are not split into segments yet; restoring it as one task",
-                        task.name)
             pieces.append(task)
             continue
         plans = segments.plan_segments(task.input, int(count))

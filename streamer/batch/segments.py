@@ -14,13 +14,13 @@ complete). Encoders must start each part on a keyframe and not reorder across it
 written without B-frames (``bf=0``), so the joined stream's decode order is its presentation
 order at every seam.
 
-Video models are not split yet: a clip model's frames depend on its neighbours, so a segment
-would need context frames decoded and discarded on each side (:func:`segment_context`).
+Video models are split too: a clip model's frames depend on their neighbours, so each piece
+decodes from the clip grid before its start and a clip past its end and writes only its own frames
+(:meth:`streamer.pipeline.Run._restrict`): every frame sees the clips and blend weights of one pass.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -69,13 +69,6 @@ def auto_segment_count(input_path: str, workers: int) -> int:
     return max(1, min(workers, int(seconds // SECONDS_PER_SEGMENT_MIN)))
 
 
-def segment_context(clip_len: Optional[int]) -> int:
-    """Frames of context a model needs on each side of a piece: 0 for per-frame models."""
-    if clip_len and clip_len > 1:
-        raise UsageError("segment-parallel runs of video (clip) models are not supported yet: use segments: off")
-    return 0
-
-
 def parts_dir(output: str) -> str:
     directory, name = os.path.split(os.path.abspath(output))
     return os.path.join(directory, f".{name}.parts")
@@ -119,7 +112,12 @@ def join_segments(input_path: str, parts: List[str], output: str) -> None:
     except BaseException:
         _remove(temp)
         raise
-    shutil.rmtree(os.path.dirname(parts[0]), ignore_errors=True)
+    for part in parts:   # the parts, and their folder once it is empty; nothing else
+        _remove(part)
+    try:
+        os.rmdir(os.path.dirname(os.path.abspath(parts[0])))
+    except OSError:
+        pass
 
 
 def _remove(path: str) -> None:

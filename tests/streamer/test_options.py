@@ -19,7 +19,7 @@ def test_every_cli_flag_is_an_option_field_and_back():
     from_fields = {s.flag for o in option_fields() for s in o.flag.flags(o.name)}
     assert flags - cli_only == from_fields
     api_only = {f.name for f in dataclasses.fields(Options)} - {o.name for o in option_fields()}
-    assert api_only == {"progress", "queue_size", "cancel"}
+    assert api_only == {"progress", "queue_size", "cancel", "frame_range", "copy_streams"}
 
 
 def test_a_command_line_round_trips_into_options():

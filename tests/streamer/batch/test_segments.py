@@ -115,3 +115,29 @@ def test_an_interrupted_job_keeps_its_finished_pieces(film: Path, tmp_path: Path
     pieces, whole = _split([task], jobs=1)
     assert [p.name for p in pieces] == ["film#2", "film#4"]
     assert len(whole["film"]) == 4
+
+
+@pytest.mark.slow
+def test_a_clip_model_split_in_four_equals_one_pass(film: Path, tmp_path: Path):
+    """A video model whose every output depends on its clip's neighbours: each piece decodes from
+    the clip grid before it and a clip past its end (streamer.pipeline.Run._restrict), so the
+    joined frames equal one pass's."""
+    import streamer
+    from toy_models import TemporalMean
+
+    options = dict(workers=0, codec="ffv1", clip_len=6, clip_overlap=2, tile=0)
+    whole = tmp_path / "whole.mkv"
+    streamer.run(film, whole, model=TemporalMean(6), **options)
+    parts = []
+    for plan in segments.plan_segments(str(film), 4):
+        part = tmp_path / f"part{plan.index}.nut"
+        stats = streamer.run(film, part, model=TemporalMean(6), frame_range=plan.frames, copy_streams=False,
+                             **options)
+        assert stats.frames_out == len(plan.frames)
+        parts.append(str(part))
+    joined = tmp_path / "joined.mkv"
+    segments.join_segments(str(film), parts, str(joined))
+    whole_t, whole_f = _video(whole)
+    joined_t, joined_f = _video(joined)
+    assert joined_t == whole_t and len(joined_f) == 96
+    assert all(np.array_equal(a, b) for a, b in zip(whole_f, joined_f)), "the same neighbours, the same frames"
