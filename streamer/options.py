@@ -164,6 +164,10 @@ class Options:
     compare: bool = _option(   # side-by-side: input (resized) | result
         False, "output", "write a side-by-side video instead: input (resized) left, result right")
     keep_partial: bool = _option(False, "output", "on failure or Ctrl-C keep a playable file of the frames done")
+    live_output: bool = _option(
+        False, "output", "write the output as a live input's is, for any input: low-latency encoding (no "
+        "B-frames, a keyframe every second) and a file playable at every moment, even after kill -9 "
+        "(fragmented MP4, flushed MKV/TS) under its .NAME.partial-* name until the run ends")
     # -- quality ---------------------------------------------------------------------------
     audit: Optional[int] = _option(
         None, "quality", "every Nth frame, restore one tile again with exact attention at the model's trained "

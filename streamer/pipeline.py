@@ -326,7 +326,8 @@ class Run:
         settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
                                    no_reordering=opts.frame_range is not None)   # (pieces that join)
         self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
-                              streams_from=source.streams_from if opts.copy_streams else None)
+                              streams_from=source.streams_from if opts.copy_streams else None,
+                              live=source.info.live or opts.live_output)
         self._threads = [
             threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s()), name="decode",
                              daemon=True),

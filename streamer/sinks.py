@@ -130,7 +130,8 @@ class VideoSink:
     exception inside the ``with`` block aborts (nothing is left under ``path``)."""
 
     def __init__(self, path: str, info: VideoInfo, width: int, height: int,
-                 settings: EncoderSettings = EncoderSettings(), streams_from: Optional[str] = None) -> None:
+                 settings: EncoderSettings = EncoderSettings(), streams_from: Optional[str] = None,
+                 live: Optional[bool] = None) -> None:
         check_output_path(path, streams_from)   # streams_from is the input: never write over it
         self.path = os.fspath(path)
         self.width, self.height = int(width), int(height)
@@ -144,12 +145,16 @@ class VideoSink:
         self._temp = temp_path(self.path)
         self._output: Optional["av.container.OutputContainer"] = None
         self._unmuxed: Deque["av.Packet"] = deque()
+        # Live writing (low-latency encoding, a file playable at every moment) follows the input
+        # unless asked for: ``live=True`` gives it to a file input too (--live-output).
+        live = info.live if live is None else live
+        self.live = live
 
-        if info.live:
+        if live:
             settings = replace(settings, no_reordering=True)
         codec = video_encoder(settings.codec)
         options = encoder_options(settings)
-        if info.live:
+        if live:
             options.update(live_encoder_options(settings.codec, info.average_rate))
         self.pix_fmt = pick_pix_fmt(codec, settings.pix_fmt, self.width, self.height)
         self.time_base = info.time_base
@@ -159,9 +164,9 @@ class VideoSink:
 
         try:
             self._output = av.open(self._temp, "w", container_options=live_container_options(self.path)
-                                   if info.live else None)
-            if info.live:
-                log.info("recording the live input to %s as it arrives (playable at every moment, even "
+                                   if live else None)
+            if live:
+                log.info("recording live to %s as it arrives (playable at every moment, even "
                             "after a crash); it is renamed to %s when the run ends", display_path(self._temp),
                             self._shown)
             if not _container_accepts(self._output, codec):
