@@ -40,6 +40,13 @@ def describe_av_error(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def missing_protocol(shown: str, scheme: str, action: str = "open") -> str:
+    """The one line for a URL whose protocol this PyAV build's FFmpeg lacks (the wheels have no
+    libsrt, so srt:// is the usual case); ``action`` is "open" (an input) or "write"."""
+    why = ", libsrt is missing" if scheme == "srt" else ""
+    return f"{shown}: this PyAV build's FFmpeg cannot {action} {scheme}:// (protocol not compiled in{why})"
+
+
 def display_path(path: str) -> str:
     """The path as the user would like to read it in a message (relative when shorter)."""
     try:

@@ -30,6 +30,7 @@ from pipelines.precision_auto import choose_precision
 from pipelines.models.base import ModelInfo, NoiseLevelError, check_noise_level
 
 from .encoding import EncoderSettings, encoder_options, video_encoder
+from .live.clocked import DEFAULT_STUB_AFTER
 from .live.specs import DEFAULT_STALL_TIMEOUT, RTSP_TRANSPORTS
 from .errors import UsageError
 from .pool import CpuPool
@@ -164,6 +165,10 @@ class Options:
     compare: bool = _option(   # side-by-side: input (resized) | result
         False, "output", "write a side-by-side video instead: input (resized) left, result right")
     keep_partial: bool = _option(False, "output", "on failure or Ctrl-C keep a playable file of the frames done")
+    live_output: bool = _option(
+        False, "output", "write the output as a live input's is, for any input: low-latency encoding (no "
+        "B-frames, a keyframe every second) and a file playable at every moment, even after kill -9 "
+        "(fragmented MP4, flushed MKV/TS) under its .NAME.partial-* name until the run ends")
     # -- quality ---------------------------------------------------------------------------
     audit: Optional[int] = _option(
         None, "quality", "every Nth frame, restore one tile again with exact attention at the model's trained "
@@ -200,6 +205,11 @@ class Options:
     input_rate: Optional[float] = _option(None, "live input", "webcam frame rate, e.g. 30", metavar="F")
     input_format: Optional[str] = _option(
         None, "live input", "webcam pixel format (mjpeg, yuyv422, ...; v4l2's -input_format)", metavar="FMT")
+    # -- live output -----------------------------------------------------------------------
+    stub_after: float = _option(
+        DEFAULT_STUB_AFTER, "live output", "seconds a network output repeats the last frame while no new one "
+        f"comes (the source is away) before it shows a 'no signal' picture (default {DEFAULT_STUB_AFTER:g})",
+        metavar="S", minimum=0)
     # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8

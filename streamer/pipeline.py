@@ -54,6 +54,7 @@ from .options import (DEFAULT_MAX_LATENCY_MS, Options, check_encoder, check_mode
 from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
 from .sinks import VideoSink, check_output_path
+from .live.clocked import ClockedWriter, FrameSink
 from .live.inputs import open_input
 from .sources import PyAVSource, VideoSource, lost_in_rgb24
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
@@ -265,7 +266,7 @@ class Run:
         self.source: Optional[VideoSource] = None
         self.worker: Optional[Worker] = None
         self.cutter: Optional[Cutter] = None
-        self.sink: Optional[VideoSink] = None
+        self.sink: Optional[FrameSink] = None
         self.auditor: Optional[Auditor] = None
         self.scale = 1
         self._threads: List[threading.Thread] = []
@@ -356,8 +357,11 @@ class Run:
         width, height = source.info.width * self.scale, source.info.height * self.scale
         settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
                                    no_reordering=opts.frame_range is not None)   # (pieces that join)
-        self.sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
-                              streams_from=source.streams_from if opts.copy_streams else None)
+        sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
+                         streams_from=source.streams_from if opts.copy_streams else None,
+                         live=source.info.live or opts.live_output)
+        # A network output keeps its clock while no frame comes (repeats, then "no signal").
+        self.sink = ClockedWriter(sink, source.info.average_rate, opts.stub_after) if sink.spec.always_on else sink
         self._threads = [
             threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s(), opts.frames,
                                                 opts.duration), name="decode", daemon=True),

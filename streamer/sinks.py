@@ -29,10 +29,11 @@ from typing import Deque, Dict, List, Optional, Tuple
 import av
 
 from .passthrough import MPEGTS_CODECS, Passthrough
-from .avutil import describe_av_error, display_path
+from .avutil import describe_av_error, display_path, missing_protocol
 from .encoding import EncoderSettings, encoder_options, pick_pix_fmt, video_encoder
 from .errors import ProcessingError, UsageError
 from .frames import Frame, VideoInfo
+from .live.outputs import OutputSpec, parse_output
 from .sources import PtsRepair
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,13 @@ __all__ = ["CONTAINERS", "EncoderSettings", "VideoSink", "check_output_path"]
 
 
 def check_output_path(path: str, input_path: Optional[str] = None) -> None:
-    """Raise :class:`UsageError` (one line) if ``path`` cannot be our output file."""
+    """Raise :class:`UsageError` (one line) if ``path`` cannot be our output file (a network
+    URL or ``-`` is checked when it is opened: its peer answers then)."""
     if not path:
         raise UsageError("no output given")
     path = os.fspath(path)
+    if parse_output(path).kind != "file":
+        return
     shown = display_path(path)
     if path.endswith(os.sep) or os.path.isdir(path):
         raise UsageError(f"output is a directory, give a file name: {shown}")
@@ -118,6 +122,8 @@ def partial_files(path: str) -> List[str]:
 def _container_accepts(output: "av.container.OutputContainer", codec: "av.Codec") -> bool:
     if output.format.name == "mpegts":
         return codec.canonical_name in MPEGTS_CODECS
+    if output.format.name == "rtsp":   # FFmpeg's RTSP muxer lists no codecs: its header write checks
+        return True
     return codec.name in output.supported_codecs
 
 
@@ -130,9 +136,12 @@ class VideoSink:
     exception inside the ``with`` block aborts (nothing is left under ``path``)."""
 
     def __init__(self, path: str, info: VideoInfo, width: int, height: int,
-                 settings: EncoderSettings = EncoderSettings(), streams_from: Optional[str] = None) -> None:
+                 settings: EncoderSettings = EncoderSettings(), streams_from: Optional[str] = None,
+                 live: Optional[bool] = None) -> None:
         check_output_path(path, streams_from)   # streams_from is the input: never write over it
         self.path = os.fspath(path)
+        # A network URL or "-" is written to directly (nothing to rename) and always live.
+        self.spec: OutputSpec = parse_output(self.path)
         self.width, self.height = int(width), int(height)
         settings = settings.for_output(self.path)
         self.settings = settings
@@ -141,15 +150,19 @@ class VideoSink:
         self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
         self._passthrough: Optional[Passthrough] = None
         self._last_end = 0.0        # seconds: where the last written frame ends
-        self._temp = temp_path(self.path)
+        self._temp = temp_path(self.path) if self.spec.kind == "file" else self.spec.target
         self._output: Optional["av.container.OutputContainer"] = None
         self._unmuxed: Deque["av.Packet"] = deque()
+        # Live writing (low-latency encoding, a file playable at every moment) follows the input
+        # unless asked for: ``live=True`` gives it to a file input too (--live-output).
+        live = self.spec.live or (info.live if live is None else live)
+        self.live = live
 
-        if info.live:
+        if live:
             settings = replace(settings, no_reordering=True)
         codec = video_encoder(settings.codec)
         options = encoder_options(settings)
-        if info.live:
+        if live:
             options.update(live_encoder_options(settings.codec, info.average_rate))
         self.pix_fmt = pick_pix_fmt(codec, settings.pix_fmt, self.width, self.height)
         self.time_base = info.time_base
@@ -158,15 +171,16 @@ class VideoSink:
         self._range = info.color_range or None
 
         try:
-            self._output = av.open(self._temp, "w", container_options=live_container_options(self.path)
-                                   if info.live else None)
-            if info.live:
-                log.info("recording the live input to %s as it arrives (playable at every moment, even "
+            container_options = live_container_options(self.path) if live else {}
+            self._output = av.open(self._temp, "w", format=self.spec.format,
+                                   container_options={**container_options, **self.spec.options})
+            if live and self.spec.kind == "file":
+                log.info("recording live to %s as it arrives (playable at every moment, even "
                             "after a crash); it is renamed to %s when the run ends", display_path(self._temp),
                             self._shown)
             if not _container_accepts(self._output, codec):
-                raise UsageError(f"{codec.name} video cannot go into a {os.path.splitext(self.path)[1]} "
-                                 f"file: choose another codec or container")
+                raise UsageError(f"{codec.name} video cannot go into {self._container_name()}: "
+                                 f"choose another codec or container")
             self._video = self._output.add_stream(settings.codec, rate=info.average_rate or None,
                                                   options=options)
             if info.display_matrix is not None:   # the input's rotation / flips, for players
@@ -186,8 +200,8 @@ class VideoSink:
             if streams_from is not None:
                 self._passthrough = Passthrough(streams_from, self._output, self._video)
             # Write the header now: a codec that refuses these settings fails here, before
-            # any frame has been processed.
-            self._output.start_encoding()
+            # any frame has been processed (and a network output connects to its peer).
+            self._start()
         except UsageError:
             self._discard()
             raise
@@ -198,6 +212,22 @@ class VideoSink:
         except BaseException:
             self._discard()
             raise
+
+    def _start(self) -> None:
+        if self.spec.kind == "file":
+            self._output.start_encoding()
+            return
+        try:
+            self._output.start_encoding()
+        except av.ProtocolNotFoundError:
+            raise UsageError(missing_protocol(self.spec.shown, self.spec.scheme, "write")) from None
+        except (av.FFmpegError, OSError) as err:
+            raise UsageError(f"cannot send to {self.spec.shown}: {describe_av_error(err)}") from None
+
+    def _container_name(self) -> str:
+        if self.spec.kind == "file":
+            return f"a {os.path.splitext(self.path)[1]} file"
+        return f"{self.spec.format} ({self.spec.shown})"
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -280,7 +310,8 @@ class VideoSink:
         if self._passthrough is not None:
             self._passthrough.finish(audio_until)
         self._output.close()
-        os.replace(self._temp, self.path)
+        if self.spec.kind == "file":
+            os.replace(self._temp, self.path)
 
     def _discard(self) -> None:
         for part in (self._passthrough, self._output):
@@ -289,6 +320,8 @@ class VideoSink:
                     part.close()
             except Exception:
                 pass
+        if self.spec.kind != "file":
+            return
         try:
             os.remove(self._temp)
         except FileNotFoundError:
