@@ -202,6 +202,11 @@ class DecodeStage:
         try:
             frames = iter(self.source)
             while True:
+                if self.budget_s is not None:
+                    # Live: take a frame only once the model has room for it, so that the frame
+                    # it gets is the latest (the source keeps only that) and does not age here.
+                    while self.work.full() and not state.stop.is_set():
+                        time.sleep(0.005)
                 t0 = time.perf_counter()
                 frame = next(frames, None)
                 t1 = time.perf_counter()

@@ -37,7 +37,7 @@ class FrameSink(Protocol):
 
     def write(self, frame: Frame) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, video_only_end: bool = False) -> None: ...
 
     def abort(self, keep_partial: bool = False) -> Optional[str]: ...
 
@@ -96,8 +96,9 @@ class ClockedWriter:
             except queue.Full:
                 continue
 
-    def close(self) -> None:
-        """Write the frames handed over, stop the clock, close the sink."""
+    def close(self, video_only_end: bool = False) -> None:
+        """Write the frames handed over, stop the clock, close the sink (``video_only_end``: as
+        :meth:`streamer.sinks.VideoSink.close`)."""
         if self._closed:
             return
         self._closed = True
@@ -111,7 +112,7 @@ class ClockedWriter:
         if self._error is not None:
             self.sink.abort()
             self._raise_error()
-        self.sink.close()
+        self.sink.close(video_only_end=video_only_end)
 
     def abort(self, keep_partial: bool = False) -> Optional[str]:
         self._closed = True

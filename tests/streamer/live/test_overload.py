@@ -37,13 +37,13 @@ def test_overload_keeps_latency_bounded(tmp_path: Path):
                 samples[mark] = _rss_mb()
 
     run = Run("lavfi:testsrc2=size=64x48:rate=30", str(out),
-              Options(model=Slow(0.1), workers=0, max_latency=500, progress=progress))
+              Options(model=Slow(0.1), workers=0, max_latency=1000, progress=progress))
     threading.Timer(SECONDS, run.finish_input).start()
     stats = run.execute()
     assert stats.live and stats.completed
     assert stats.frames_in == stats.frames_out + stats.frames_dropped
     assert stats.frames_dropped > stats.frames_out, "about two frames in three cannot be restored in time"
-    assert stats.latency_ms_p95 <= 500, stats.latency_ms_p95
+    assert stats.latency_ms_p95 <= 1000, stats.latency_ms_p95
     assert samples[SECONDS - 1] <= samples[10] * 1.10, samples
     with av.open(str(out)) as c:
         st = c.streams.video[0]
