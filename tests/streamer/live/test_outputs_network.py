@@ -167,3 +167,13 @@ def test_always_on_repeats_and_no_signal_reach_a_udp_receiver(tmp_path: Path):
     # The picture before and after the gap (greens: the last frame repeated, then new frames).
     assert not is_stub[0] and not is_stub[-1]
     assert len(frames) >= 20 + clock.frames_repeated + 10 - 5   # a few may be lost before sync
+
+
+def test_a_refused_network_output_is_one_line_and_exit_2(tmp_path: Path):
+    source = _clip(tmp_path / "in.mkv", frames=5)
+    port = free_port()   # nothing listens there
+    cli = subprocess.run([sys.executable, "-m", "streamer.cli", str(source), f"rtmp://127.0.0.1:{port}/app/key",
+                          "--task", "denoise", "--workers", "0", "-q"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.strip().splitlines() == [f"nystra-stream: error: cannot send to rtmp://127.0.0.1:{port}/app/key: "
+                                               "Connection refused"], cli.stderr
