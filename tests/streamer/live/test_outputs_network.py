@@ -5,6 +5,7 @@ receiver. File inputs here; the same sinks serve live inputs (tests/streamer/liv
 drives those)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -177,3 +178,21 @@ def test_a_refused_network_output_is_one_line_and_exit_2(tmp_path: Path):
     assert cli.returncode == 2, cli.stderr
     assert cli.stderr.strip().splitlines() == [f"nystra-stream: error: cannot send to rtmp://127.0.0.1:{port}/app/key: "
                                                "Connection refused"], cli.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_run_with_exit_1(tmp_path: Path):
+    source = _clip(tmp_path / "in.mkv", frames=300)
+    cli = subprocess.Popen([sys.executable, "-m", "streamer.cli", str(source), "-", "--task", "denoise",
+                            "--workers", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        cli.stdout.read(2000)      # the header and a frame or two, then the reader leaves
+        cli.stdout.close()
+        assert cli.wait(timeout=60) == 1
+        (line,) = cli.stderr.read().decode().strip().splitlines()
+        assert re.fullmatch(r"nystra-stream: error: encoding standard output failed at frame \d+: Broken pipe",
+                            line), line
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=10)
+        cli.stderr.close()
