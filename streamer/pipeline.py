@@ -102,6 +102,8 @@ class Stats:
     frames_damaged: int = 0                 # input frames decoded with errors concealed
     reconnects: int = 0                     # live input: times it came back after a stall or loss
     stalls: int = 0                         # live input: times nothing arrived for --stall-timeout
+    frames_repeated: int = 0                # network output: the last frame again while none came
+    frames_no_signal: int = 0               # network output: "no signal" frames (after --stub-after)
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -503,6 +505,8 @@ class Run:
         if self.auditor is not None:
             stats.audit = asdict(self.auditor.finish(timeout=JOIN_S if stats.completed else 0.5))
         stats.reconnects, stats.stalls = self.source.reconnects, self.source.stalls
+        if isinstance(self.sink, ClockedWriter):
+            stats.frames_repeated, stats.frames_no_signal = self.sink.frames_repeated, self.sink.frames_stub
         if self._latencies:
             ms = np.asarray(self._latencies) * 1000
             stats.latency_ms_p50 = float(np.percentile(ms, 50))

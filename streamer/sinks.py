@@ -142,11 +142,11 @@ class VideoSink:
         self.path = os.fspath(path)
         # A network URL or "-" is written to directly (nothing to rename) and always live.
         self.spec: OutputSpec = parse_output(self.path)
+        self._shown = display_path(self.path) if self.spec.kind == "file" else self.spec.shown
         self.width, self.height = int(width), int(height)
         settings = settings.for_output(self.path)
         self.settings = settings
         self.frames_written = 0
-        self._shown = display_path(self.path)
         self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
         self._passthrough: Optional[Passthrough] = None
         self._last_end = 0.0        # seconds: where the last written frame ends

@@ -5,6 +5,7 @@ receiver. File inputs here; the same sinks serve live inputs (tests/streamer/liv
 drives those)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from streamer.frames import Frame, VideoInfo
 from streamer.live.clocked import ClockedWriter, no_signal_image
 from streamer.live.outputs import parse_output
 from streamer.options import options_from_mapping
-from streamer.pipeline import Run
+from streamer.pipeline import Run, Stats
 from streamer.sinks import VideoSink
 
 from live_peers import FFMPEG, Identity, free_port, listening, needs_ffmpeg, process, wait_until
@@ -28,8 +29,10 @@ from live_peers import FFMPEG, Identity, free_port, listening, needs_ffmpeg, pro
 pytestmark = needs_ffmpeg
 
 
-def _clip(path: Path, frames: int = 50, rate: int = 25) -> Path:
-    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={rate}",
+def _clip(path: Path, frames: int = 50, rate: int = 25, audio: bool = False) -> Path:
+    sound = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-c:a", "aac", "-shortest"] \
+        if audio else []
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={rate}", *sound,
                     "-frames:v", str(frames), "-c:v", "libx264", "-preset", "ultrafast", "-y", str(path)],
                    check=True, timeout=60)
     return path
@@ -40,8 +43,8 @@ def _decoded(path: Path):
         return [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
 
 
-def _restore(input: Path, output: str) -> None:
-    Run(str(input), output, options_from_mapping(dict(model=Identity(), workers=0, tile=0))).execute()
+def _restore(input: Path, output: str) -> Stats:
+    return Run(str(input), output, options_from_mapping(dict(model=Identity(), workers=0, tile=0))).execute()
 
 
 def _receiver(url: str, out: Path, *input_options: str):
@@ -87,16 +90,20 @@ def test_rtmp_push_reaches_an_rtmp_listener(tmp_path: Path):
     assert len(_decoded(received)) >= 45
 
 
-def test_udp_mpegts_output_is_read_by_ffmpeg(tmp_path: Path):
-    source = _clip(tmp_path / "in.mkv")
+def test_udp_mpegts_output_is_read_by_ffmpeg_with_the_audio(tmp_path: Path):
+    source = _clip(tmp_path / "in.mkv", audio=True)
     port = free_port(kind=2)   # SOCK_DGRAM
     received = tmp_path / "received.ts"
     # The reader ends 1.5 s after the last datagram (timeout in microseconds).
     with _receiver(f"udp://127.0.0.1:{port}?timeout=1500000&fifo_size=50000&overrun_nonfatal=1", received) as rx:
         time.sleep(0.5)        # its socket is bound (UDP: nothing to wait for but time)
-        _restore(source, f"udp://127.0.0.1:{port}")
+        stats = _restore(source, f"udp://127.0.0.1:{port}")
         rx.wait(timeout=20)
+    assert stats.frames_out == 50 and stats.completed
     assert len(_decoded(received)) >= 40
+    with av.open(str(received)) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]   # passed through
+        assert container.streams.audio[0].codec_context.name == "aac"
 
 
 def test_stdout_output_pipes_into_ffprobe(tmp_path: Path):
@@ -161,3 +168,31 @@ def test_always_on_repeats_and_no_signal_reach_a_udp_receiver(tmp_path: Path):
     # The picture before and after the gap (greens: the last frame repeated, then new frames).
     assert not is_stub[0] and not is_stub[-1]
     assert len(frames) >= 20 + clock.frames_repeated + 10 - 5   # a few may be lost before sync
+
+
+def test_a_refused_network_output_is_one_line_and_exit_2(tmp_path: Path):
+    source = _clip(tmp_path / "in.mkv", frames=5)
+    port = free_port()   # nothing listens there
+    cli = subprocess.run([sys.executable, "-m", "streamer.cli", str(source), f"rtmp://127.0.0.1:{port}/app/key",
+                          "--task", "denoise", "--workers", "0", "-q"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.strip().splitlines() == [f"nystra-stream: error: cannot send to rtmp://127.0.0.1:{port}/app/key: "
+                                               "Connection refused"], cli.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_run_with_exit_1(tmp_path: Path):
+    source = _clip(tmp_path / "in.mkv", frames=300)
+    cli = subprocess.Popen([sys.executable, "-m", "streamer.cli", str(source), "-", "--task", "denoise",
+                            "--workers", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        cli.stdout.read(2000)      # the header and a frame or two, then the reader leaves
+        cli.stdout.close()
+        assert cli.wait(timeout=60) == 1
+        (line,) = cli.stderr.read().decode().strip().splitlines()
+        assert re.fullmatch(r"nystra-stream: error: encoding standard output failed at frame \d+: Broken pipe",
+                            line), line
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=10)
+        cli.stderr.close()
