@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import av
@@ -94,11 +93,9 @@ def test_a_job_file_runs_resumes_and_reports(workdir: Path, capsys):
     out = capsys.readouterr().out
     assert "failed  broken" in out and "job" in out.splitlines()[-9]   # per-job lines, then the table
 
-    started = time.monotonic()
-    code, jobs = _batch(workdir)
+    code, jobs = _batch(workdir)   # (how fast: benchmarks/batch.py, rerun_all_skipped_seconds)
     assert code == 1
     assert {n for n, j in jobs.items() if j["status"] == "skipped"} == set(jobs) - {"broken"}
-    assert time.monotonic() - started < 20   # (the goal, < 5 s, is measured in benchmarks/batch.py)
 
     os.utime(workdir / "reels" / "r2.mp4")   # touched: its two jobs, and only those, are redone
     code, jobs = _batch(workdir)

@@ -131,16 +131,15 @@ def _cover_art(directory: Path) -> Path:
     return out
 
 
-def _huge_header(directory: Path) -> Path:
-    """A Matroska header declaring 16000x16000 raw frames (the test limits memory to 8 GiB)."""
+def declare_huge_frames(path: Path, side: int) -> Path:
+    """A Matroska file whose header declares ``side`` x ``side`` raw grey frames, with one tiny packet."""
     from fractions import Fraction
 
     import av
 
-    out = directory / "huge-header.mkv"
-    with av.open(str(out), "w") as dst:
+    with av.open(str(path), "w") as dst:
         st = dst.add_stream("rawvideo", rate=25)
-        st.width = st.height = 16000
+        st.width = st.height = side
         st.pix_fmt = "gray"
         dst.start_encoding()
         packet = av.Packet(b"\0" * 4096)
@@ -148,7 +147,12 @@ def _huge_header(directory: Path) -> Path:
         packet.time_base = Fraction(1, 1000)
         packet.stream = st
         dst.mux(packet)
-    return out
+    return path
+
+
+def _huge_header(directory: Path) -> Path:
+    """16000x16000 declared (the test limits memory to 8 GiB)."""
+    return declare_huge_frames(directory / "huge-header.mkv", 16000)
 
 
 def _directory(directory: Path) -> Path:

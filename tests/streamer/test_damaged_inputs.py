@@ -19,6 +19,7 @@ import av
 import numpy as np
 import pytest
 
+from corpus.generate import declare_huge_frames
 from streamer import cli
 from streamer.sources import BYTES_PER_PIXEL_AT_PEAK, open_source
 
@@ -134,20 +135,6 @@ def test_an_mp3_with_a_cover_picture_is_not_a_video(tmp_path, capsys):
     assert not (tmp_path / "out.mp4").exists()
 
 
-def _declare_huge_frames(path: Path, side: int) -> None:
-    """A Matroska file whose header declares ``side`` x ``side`` raw grey frames, with one tiny packet."""
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("rawvideo", rate=25)
-        st.width = st.height = side
-        st.pix_fmt = "gray"
-        out.start_encoding()
-        packet = av.Packet(b"\0" * 4096)
-        packet.pts = packet.dts = 0
-        packet.time_base = Fraction(1, 1000)
-        packet.stream = st
-        out.mux(packet)
-
-
 def _limit_memory() -> None:
     import resource
 
@@ -156,7 +143,7 @@ def _limit_memory() -> None:
 
 def test_a_header_declaring_huge_frames_is_refused_with_the_memory_it_needs(tmp_path):
     huge = tmp_path / "huge.mkv"
-    _declare_huge_frames(huge, 16000)
+    declare_huge_frames(huge, 16000)
     run = subprocess.run([sys.executable, "-m", "streamer.cli", str(huge), str(tmp_path / "out.mp4"), "--task",
                           "denoise", "-q"], preexec_fn=_limit_memory, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
