@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Restore a video with a transformer model (PnP-Nystra attention). "
                 "Run `nystra-stream models` to list the model presets.")
     p.add_argument("input", metavar="INPUT", help="input video file")
-    p.add_argument("output", metavar="OUTPUT", help="output video file (.mp4, .mkv, .mov, ...)")
+    p.add_argument("output", metavar="OUTPUT", nargs="?",
+                   help="output video file (.mp4, .mkv, .mov, ...), network URL or - (may be left out with --serve)")
     groups: Dict[str, argparse._ArgumentGroup] = {}
     for option in option_fields():
         flag = option.flag
@@ -210,7 +211,21 @@ def _cli(argv: Optional[List[str]]) -> int:
             return _fail(str(err), 2)
     args = build_parser().parse_args(argv)
     logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
+    _announce("streamer.serve")   # where the view is: said even with -q
     return _main(args)
+
+
+def _announce(logger_name: str) -> None:
+    """Show the INFO lines of ``logger_name`` as plain ``nystra-stream: ...`` lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setLevel(logging.INFO)
+    handler.addFilter(lambda record: record.levelno == logging.INFO)   # warnings: the root's format
+    for root_handler in logging.getLogger().handlers:   # (basicConfig's: warnings and worse)
+        root_handler.setLevel(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -221,6 +236,8 @@ def _main(args: argparse.Namespace) -> int:
     from .pipeline import Run
 
     options = options_from_args(args)
+    if args.output is None and options.get("serve") is None:
+        return _fail("the following arguments are required: OUTPUT (or --serve to watch without writing)", 2)
     try:
         check_options(Options(**options))   # before a download, which may take a while
     except UsageError as err:
@@ -270,7 +287,8 @@ def _main(args: argparse.Namespace) -> int:
         with open(args.stats, "w") as fh:
             json.dump(stats.to_dict(), fh, indent=2)
     if code == 0 and not args.quiet:
-        print(f"{PROG}: wrote {args.output}: {stats.summary()}", file=sys.stderr)
+        done = f"wrote {args.output}" if args.output is not None else "done (nothing written)"
+        print(f"{PROG}: {done}: {stats.summary()}", file=sys.stderr)
     return code
 
 

@@ -37,6 +37,7 @@ from .pool import CpuPool
 from .process_env import cpu_cores
 from .live.source import DROP_POLICIES
 from .ranges import FrameRange
+from .serve.address import check_serve
 from .sources import DECODERS, DEFAULT_MAX_DECODE_ERRORS
 from .windows import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, DEFAULT_VIDEO_TILE, DEFAULT_VIDEO_TILE_OTHER,
                       DEFAULT_VIDEO_TILE_OVERLAP, check_window_options)
@@ -210,6 +211,14 @@ class Options:
         DEFAULT_STUB_AFTER, "live output", "seconds a network output repeats the last frame while no new one "
         f"comes (the source is away) before it shows a 'no signal' picture (default {DEFAULT_STUB_AFTER:g})",
         metavar="S", minimum=0)
+    # -- view ------------------------------------------------------------------------------
+    serve: Optional[str] = _option(
+        None, "view", "watch the run in a browser at http://HOST:PORT/ (MJPEG, ?compare=1 beside the input, "
+        "/stats, /metrics, /snapshot.jpg); HOST defaults to 127.0.0.1, PORT 0 picks a free one; OUTPUT may "
+        "then be left out", metavar="[HOST:]PORT")
+    serve_token: Optional[str] = _option(
+        None, "view", "the token every request to --serve must carry (header 'Authorization: Bearer TOKEN' or "
+        "?token=TOKEN); required for any address but loopback", metavar="TOKEN")
     # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8
@@ -292,6 +301,7 @@ def check_options(opts: Options) -> None:
         raise UsageError("--task video-denoise needs --sigma S, the noise level on the 0-255 scale (e.g. 25)")
     if opts.sigma is not None and opts.task is not None and opts.task != "video-denoise":
         raise UsageError(f"--sigma is for --task video-denoise, not {opts.task}")
+    check_serve(opts.serve, opts.serve_token)
     try:
         device = torch.device(opts.device)
     except (RuntimeError, TypeError):

@@ -53,7 +53,8 @@ from .options import (DEFAULT_MAX_LATENCY_MS, Options, check_encoder, check_mode
                       options_from_mapping, prepare_model, resolve_precision)
 from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
-from .sinks import VideoSink, check_output_path
+from .serve import FrameBoard, check_serve, open_view
+from .sinks import NoOutput, VideoSink, check_output_path
 from .live.clocked import ClockedWriter, FrameSink
 from .live.inputs import open_input
 from .sources import PyAVSource, VideoSource, lost_in_rgb24
@@ -63,6 +64,8 @@ from .workers import Worker
 log = logging.getLogger(__name__)
 
 LIVE_QUEUE_ITEMS = 1   # work items between stages for a live input (see Run.stream)
+LIVE_FPS_WINDOW_S = 5.0     # live_stats: fps over this many seconds
+LIVE_LATENCY_FRAMES = 300   # live_stats: latency percentiles over this many frames
 
 STAGES = ("decode", "cut", "model", "stitch", "encode")
 
@@ -72,7 +75,7 @@ class Stats:
     """What a run did; ``to_dict()`` is the ``--stats`` JSON."""
 
     input: str
-    output: str
+    output: Optional[str]                   # None: no output (--serve only)
     model: str = ""
     worker: str = ""
     frames_in: int = 0
@@ -104,6 +107,7 @@ class Stats:
     stalls: int = 0                         # live input: times nothing arrived for --stall-timeout
     frames_repeated: int = 0                # network output: the last frame again while none came
     frames_no_signal: int = 0               # network output: "no signal" frames (after --stub-after)
+    serve: Optional[dict] = None            # --serve: url, viewers_peak, requests, jpeg_*, post_seconds
     completed: bool = False
     kept_partial: Optional[str] = None
 
@@ -124,13 +128,14 @@ class Stats:
                 f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
 
 
-def run(input: str, output: str, **options) -> Stats:
+def run(input: str, output: Optional[str], **options) -> Stats:
     """Restore the video ``input`` into ``output``; see :class:`Options` for the options.
 
     Raises :class:`UsageError` (bad input/options), ``CheckpointError`` (bad model file),
     :class:`ProcessingError` or the first error of any stage; ``KeyboardInterrupt`` passes
     through after cleaning up. Nothing is left under ``output`` unless the run completed
-    (or ``keep_partial`` kept the frames done). For the stats of a failed run, use
+    (or ``keep_partial`` kept the frames done); ``output`` may be None with ``serve`` (frames
+    are then only shown). For the stats of a failed run, use
     :class:`Run` (its ``stats`` are kept whatever happens).
     """
     return Run(input, output, options_from_mapping(options)).execute()
@@ -265,8 +270,9 @@ class Run:
     :attr:`stats` holds what was done, whether the run completed or failed.
     """
 
-    def __init__(self, input: str, output: str, options: Optional[Options] = None) -> None:
-        self.input, self.output = os.fspath(input), os.fspath(output)
+    def __init__(self, input: str, output: Optional[str], options: Optional[Options] = None) -> None:
+        self.input = os.fspath(input)
+        self.output = os.fspath(output) if output is not None else None
         self.opts = options or Options()
         self.stats = Stats(input=self.input, output=self.output)
         self.state = RunState()
@@ -275,12 +281,16 @@ class Run:
         self.cutter: Optional[Cutter] = None
         self.sink: Optional[FrameSink] = None
         self.auditor: Optional[Auditor] = None
+        self.board: Optional[FrameBoard] = None   # --serve: the latest frame, for viewers
+        self.view = None                           # --serve: its started ViewServer
         self.scale = 1
         self._threads: List[threading.Thread] = []
         self._latencies: List[float] = []
         self._write_range: Optional[Tuple[int, int]] = None   # frame range runs: what is written
         self._started: Optional[float] = None
         self._first_out: Optional[float] = None
+        self._written_at: Deque[float] = deque(maxlen=1024)   # when recent frames were written (live fps)
+        self._post_s = 0.0   # writer-thread time spent posting frames to the board (--serve's cost)
 
     def execute(self) -> Stats:
         with self:
@@ -296,8 +306,12 @@ class Run:
         self.source = open_input(self.input, opts)
         if opts.frame_range is not None and not isinstance(self.source, PyAVSource):
             raise UsageError("a frame range needs a file read with the pyav decoder")
-        check_output_path(self.output, input_path=self.input)
-        check_encoder(opts, self.output)
+        serve = check_serve(opts.serve, opts.serve_token)
+        if self.output is not None:
+            check_output_path(self.output, input_path=self.input)
+            check_encoder(opts, self.output)
+        elif serve is None:
+            raise UsageError("no OUTPUT given (leave it out only with --serve, to watch without writing)")
         model, self.stats.model = prepare_model(opts)
         info = describe_model(model)
         check_model_fits(info, opts, self.stats.model)
@@ -325,6 +339,9 @@ class Run:
             self.auditor = Auditor(reference_model(opts.model, opts.task, model), opts.audit, info.scale,
                                    sigma=opts.sigma, prefilter=prefilter)
         self.stats.worker = self.worker.description
+        if serve is not None:   # last: a port that cannot be bound fails before any frame
+            self.board = FrameBoard()
+            self.view = open_view(serve, self.board, self.live_stats, opts.serve_token)
 
     def _restrict(self, frames: FrameRange, clip_len: int, clip_overlap: int) -> None:
         """Decode only what frames ``[start, end)`` need, and write only those.
@@ -364,11 +381,15 @@ class Run:
         width, height = source.info.width * self.scale, source.info.height * self.scale
         settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
                                    no_reordering=opts.frame_range is not None)   # (pieces that join)
-        sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
-                         streams_from=source.streams_from if opts.copy_streams else None,
-                         live=source.info.live or opts.live_output)
-        # A network output keeps its clock while no frame comes (repeats, then "no signal").
-        self.sink = ClockedWriter(sink, source.info.average_rate, opts.stub_after) if sink.spec.always_on else sink
+        if self.output is None:
+            self.sink = NoOutput()
+        else:
+            sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
+                             streams_from=source.streams_from if opts.copy_streams else None,
+                             live=source.info.live or opts.live_output)
+            # A network output keeps its clock while no frame comes (repeats, then "no signal").
+            self.sink = ClockedWriter(sink, source.info.average_rate, opts.stub_after) \
+                if sink.spec.always_on else sink
         self._threads = [
             threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s(), opts.frames,
                                                 opts.duration), name="decode", daemon=True),
@@ -410,10 +431,15 @@ class Run:
                     continue   # context for a frame range's clips: restored, not written
                 if self.auditor is not None:
                     self.auditor.offer(original, restored.image)
+                if self.board is not None:
+                    posted = time.perf_counter()
+                    self.board.post(original.index, original.image, restored.image)
+                    self._post_s += time.perf_counter() - posted
                 if opts.compare:
                     restored = _side_by_side(original, restored)
                 sink.write(restored)
                 done_at = time.monotonic()
+                self._written_at.append(done_at)
                 if self._first_out is None:
                     self._first_out = done_at
                 self._latencies.append(done_at - state.decoded_at.pop(original.index, done_at))
@@ -426,6 +452,38 @@ class Run:
             state.seconds["encode"] += time.perf_counter() - t1
             if result is None:
                 return
+
+    def live_stats(self) -> dict:
+        """The run's figures so far (for ``--serve``'s panel, ``/stats`` and ``/metrics``; any
+        thread): counts since the start, fps over the last few seconds, latency over the last
+        frames. Read without locks: each figure is consistent, their sum may be a frame apart."""
+        state, source, now = self.state, self.source, time.monotonic()
+        started = self._started if self._started is not None else now
+        window = min(LIVE_FPS_WINDOW_S, now - started)
+        recent = sum(1 for t in list(self._written_at) if t >= now - window)
+        latencies = self._latencies[-LIVE_LATENCY_FRAMES:]
+        stats = {"input": self.input, "output": self.output, "model": self.stats.model,
+                 "worker": self.stats.worker, "precision": self.stats.precision,
+                 "live": bool(source is not None and source.info.live),
+                 "frames_total": source.info.frames if source is not None else None,
+                 "frames_in": state.frames_in + (source.frames_dropped if source is not None else 0),
+                 "frames_out": self.stats.frames_out, "elapsed_s": now - started,
+                 "fps": recent / window if window > 0.5 else None,
+                 "reconnects": source.reconnects if source is not None else 0,
+                 "stalls": source.stalls if source is not None else 0,
+                 "decode_errors": source.decode_errors if source is not None else 0,
+                 "completed": self.stats.completed}
+        stats["drop_reasons"] = self._drop_reasons()
+        stats["frames_dropped"] = sum(stats["drop_reasons"].values())
+        for name, q in (("latency_ms_p50", 50), ("latency_ms_p95", 95), ("latency_ms_p99", 99)):
+            stats[name] = float(np.percentile(latencies, q)) * 1000 if latencies else None
+        return stats
+
+    def _drop_reasons(self) -> Dict[str, int]:
+        reasons = dict(self.state.drops)
+        if self.source is not None and self.source.frames_dropped:
+            reasons["behind"] = self.source.frames_dropped
+        return reasons
 
     def _budget_s(self) -> Optional[float]:
         """The latency budget in seconds: ``max_latency``, by default 1 s for live inputs."""
@@ -467,6 +525,9 @@ class Run:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._started is not None:
             self._finish_stats()
+        if self.view is not None:
+            self.view.stop()
+            self.stats.serve = dict(self.view.report(), post_seconds=round(self._post_s, 4))
         # Closing the container under a decode thread still inside FFmpeg could crash; such
         # a thread is a daemon and the caller is about to get an error anyway.
         if self.source is not None and (self.source.closes_from_any_thread
@@ -481,9 +542,7 @@ class Run:
         stats, state = self.stats, self.state
         ended = time.monotonic()
         stats.live = self.source.info.live
-        stats.drop_reasons = dict(state.drops)
-        if self.source.frames_dropped:
-            stats.drop_reasons["behind"] = self.source.frames_dropped
+        stats.drop_reasons = self._drop_reasons()
         stats.frames_dropped = sum(stats.drop_reasons.values())
         stats.frames_in = state.frames_in + self.source.frames_dropped
         stats.seconds = ended - self._started

@@ -343,3 +343,21 @@ class VideoSink:
             except Exception:
                 pass
 
+
+
+class NoOutput:
+    """The sink of a run with no OUTPUT (``--serve`` only: frames are shown, not written)."""
+
+    path = None
+
+    def __init__(self) -> None:
+        self.frames_written = 0
+
+    def write(self, frame: Frame) -> None:
+        self.frames_written += 1
+
+    def close(self, video_only_end: bool = False) -> None:
+        pass
+
+    def abort(self, keep_partial: bool = False) -> Optional[str]:
+        return None
