@@ -80,6 +80,7 @@ class Flag:
     choices: Optional[Callable[[], Sequence[str]]] = None
     minimum: Optional[float] = None
     spellings: Tuple[Spelling, ...] = ()
+    in_job_files: bool = True   # False: one interactive run's option (--serve), not a batch job's
 
     def flags(self, name: str) -> Tuple[Spelling, ...]:
         return self.spellings or (Spelling("--" + name.replace("_", "-"), self.metavar, self.help),)
@@ -215,10 +216,10 @@ class Options:
     serve: Optional[str] = _option(
         None, "view", "watch the run in a browser at http://HOST:PORT/ (MJPEG, ?compare=1 beside the input, "
         "/stats, /metrics, /snapshot.jpg); HOST defaults to 127.0.0.1, PORT 0 picks a free one; OUTPUT may "
-        "then be left out", metavar="[HOST:]PORT")
+        "then be left out", metavar="[HOST:]PORT", in_job_files=False)
     serve_token: Optional[str] = _option(
         None, "view", "the token every request to --serve must carry (header 'Authorization: Bearer TOKEN' or "
-        "?token=TOKEN); required for any address but loopback", metavar="TOKEN")
+        "?token=TOKEN); required for any address but loopback", metavar="TOKEN", in_job_files=False)
     # -- Python API only -------------------------------------------------------------------
     progress: Optional[Progress] = None     # called with (frames written, total or None)
     queue_size: int = 8

@@ -49,7 +49,7 @@ def _value_type(option: OptionField) -> Any:
 
 @lru_cache(maxsize=1)
 def _options_model() -> Type["pydantic.BaseModel"]:
-    fields = {o.name: (Optional[_value_type(o)], None) for o in option_fields()}
+    fields = {o.name: (Optional[_value_type(o)], None) for o in option_fields() if o.flag.in_job_files}
     return pydantic.create_model("RunOptions", __config__=pydantic.ConfigDict(extra="forbid", strict=True),
                                  **fields)
 
@@ -58,7 +58,14 @@ JOB_KEYS = ("input", "output", "name", "segments", "timeout", "retries")
 
 
 def option_names() -> List[str]:
-    return [o.name for o in option_fields()]
+    return [o.name for o in option_fields() if o.flag.in_job_files]
+
+
+def _not_in_job_files(name: str) -> Optional[str]:
+    """The message for a run option a job file cannot take, or None."""
+    if any(o.name == name and not o.flag.in_job_files for o in option_fields()):
+        return f"{name} is an option of one interactive run, not of a batch job"
+    return None
 
 
 def validate(located: Located) -> "JobFile":
@@ -112,7 +119,7 @@ def _job(located: Located, loc: Loc, job: Any) -> JobSpec:
         elif name in names:
             options[key] = value
         else:
-            raise located.error(loc + (key,), _unknown(key, JOB_KEYS + tuple(names)))
+            raise located.error(loc + (key,), _not_in_job_files(name) or _unknown(key, JOB_KEYS + tuple(names)))
     keys = _checked(located, loc, _job_model(), own)
     return JobSpec(loc, keys, _options(located, loc, options))
 
@@ -126,13 +133,15 @@ def _options(located: Located, loc: Loc, values: Any) -> Dict[str, Any]:
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise located.error(loc + (key,), _unknown(key, tuple(names)))
+            raise located.error(loc + (key,), _not_in_job_files(name) or _unknown(key, tuple(names)))
         if name in by_name:
             raise located.error(loc + (key,), f"option {name} is given twice")
         by_name[name], keys[name] = value, key
     checked = _checked(located, loc, _options_model(), by_name, keys)
     out = {}
     for option in option_fields():
+        if not option.flag.in_job_files:
+            continue
         value = getattr(checked, option.name)
         if option.name in by_name:
             try:

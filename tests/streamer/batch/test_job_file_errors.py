@@ -43,6 +43,10 @@ CASES = {
                      "job files hold plain data only"),
     "bad segments": ("jobs:\n  - input: a.mp4\n    output: o.mp4\n    segments: many\n", 4, "segments: "),
     "jobs not a list": ("jobs: a.mp4\n", 1, "must be a non-empty list"),
+    "a one-run option in a job": ("jobs:\n  - input: a.mp4\n    output: o.mp4\n    serve: 8080\n", 4,
+                                  "serve is an option of one interactive run"),
+    "a one-run option in defaults": ("defaults:\n  serve-token: abcdefghij\njobs:\n  - input: a.mp4\n"
+                                     "    output: o.mp4\n", 2, "serve_token is an option of one interactive run"),
 }
 
 
