@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Dict, List, NoReturn, Optional
 
 from .process_env import configure_openmp
@@ -209,7 +210,7 @@ def _cli(argv: Optional[List[str]]) -> int:
             return batch_command.run(argv[1:])
         except UsageError as err:
             return _fail(str(err), 2)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)   # OUTPUT (optional) may follow the options
     logging.basicConfig(format=f"{PROG}: warning: %(message)s", level=logging.WARNING)
     _announce("streamer.serve")   # where the view is: said even with -q
     return _main(args)
@@ -263,6 +264,8 @@ def _main(args: argparse.Namespace) -> int:
     options["progress"] = bar.update_to if bar is not None else None
     options["cancel"] = _interrupted
     run = Run(args.input, args.output, Options(**options))
+    if bar is not None:
+        bar.figures = run.live_stats
     stats, failure = run.stats, None
     _LiveStop.run, _LiveStop.asked = run, False
     try:
@@ -293,7 +296,14 @@ def _main(args: argparse.Namespace) -> int:
 
 
 _BAR_KNOWN = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
-_BAR_UNKNOWN = "{desc}: {n_fmt} frames [{elapsed}, {rate_noinv_fmt}]"
+_BAR_UNKNOWN = "{desc}: {n_fmt} frames [{elapsed}, {rate_noinv_fmt}{postfix}]"   # live: latency, drops
+
+
+def _live_figures(stats: dict) -> str:
+    """The progress bar's live part: no ETA for a stream, but what a live run is judged by."""
+    p50, p95 = stats.get("latency_ms_p50"), stats.get("latency_ms_p95")
+    latency = f"latency p50 {p50:.0f} p95 {p95:.0f} ms, " if p50 is not None else ""
+    return f"{latency}{stats['frames_dropped']} dropped, {stats['reconnects']} reconnects"
 
 
 def _progress_bar(disable: bool):
@@ -305,10 +315,19 @@ def _progress_bar(disable: bool):
     from tqdm import tqdm
 
     class _Bar(tqdm):
+        figures = None    # the run's live_stats, for a live input's latency and drops
+        _shown_at = 0.0
+
         def update_to(self, done: int, total: Optional[int]) -> None:
             if total and self.total != total:
                 self.total = total
                 self.bar_format = _BAR_KNOWN
+            now = time.monotonic()
+            if self.figures is not None and now - self._shown_at >= 1.0:
+                self._shown_at = now
+                stats = self.figures()
+                if stats["live"]:
+                    self.set_postfix_str(_live_figures(stats), refresh=False)
             self.update(done - self.n)
 
     # disable=None: tqdm shows itself only on a terminal, keeping logs and pipes clean.

@@ -404,8 +404,12 @@ def resolve_precision(model: nn.Module, opts: Options) -> Tuple[str, Optional[Ch
     return choice.precision, choice
 
 
-def make_worker(model: nn.Module, info: ModelInfo, opts: Options, precision: str = "fp32") -> Worker:
-    """The worker for the run; ``precision`` already resolved (:func:`resolve_precision`)."""
+def make_worker(model: nn.Module, info: ModelInfo, opts: Options, precision: str = "fp32",
+                live: bool = False) -> Worker:
+    """The worker for the run; ``precision`` already resolved (:func:`resolve_precision`).
+    For a live input each worker process holds one item at a time (a second one queued behind
+    it would wait a whole model time, and that wait is latency) and gets none before it has
+    loaded the model."""
     if torch.device(opts.device).type == "cuda":
         return DeviceWorker(model, device=opts.device, precision=precision, sigma=opts.sigma)
     workers = DEFAULT_WORKERS if opts.workers is None else opts.workers
@@ -413,4 +417,4 @@ def make_worker(model: nn.Module, info: ModelInfo, opts: Options, precision: str
         return DeviceWorker(model, device="cpu", threads=opts.threads_per_worker, sigma=opts.sigma,
                             precision=precision)
     return CpuPool(model, workers, threads_per_worker=opts.threads_per_worker, scale=info.scale, sigma=opts.sigma,
-                   item_timeout=opts.worker_timeout, precision=precision)
+                   item_timeout=opts.worker_timeout, precision=precision, **({"depth": 1, "ready_first": True} if live else {}))

@@ -47,7 +47,7 @@ from pipelines.restorer import describe_model
 from .audit import JOIN_S, Auditor, reference_model
 from .encoding import EncoderSettings
 from .errors import UsageError
-from .flow import Stopped, get, put
+from .flow import POLL_S, DemandQueue, Stopped, get, put
 from .frames import Frame
 from .options import (DEFAULT_MAX_LATENCY_MS, Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
                       options_from_mapping, prepare_model, resolve_precision)
@@ -93,6 +93,7 @@ class Stats:
     latency_ms_p99: Optional[float] = None
     live: bool = False
     frames_dropped: int = 0                 # live: frames_in = frames_out + frames_dropped
+    frames_late: int = 0                    # written later than --max-latency (it could not be met)
     drop_reasons: Dict[str, int] = field(default_factory=dict)
     worker_restarts: int = 0
     attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
@@ -183,6 +184,7 @@ class DecodeStage:
         self.source, self.cutter, self.work, self.state = source, cutter, work, state
         self.budget_s = budget_s   # live: arrival -> encoded; a frame that cannot make it is dropped here
         self.frames, self.duration = frames, duration   # --frames N / --duration S: end of input here
+        self._said_unreachable = False
 
     def _enough(self, frame: Frame, first: Optional[Frame], started: float) -> bool:
         """Whether ``frame`` is past ``--frames`` / ``--duration`` (input time where it has
@@ -197,23 +199,40 @@ class DecodeStage:
 
     def _too_late(self, frame: Frame) -> bool:
         """Whether ``frame`` would leave after its deadline: its age plus what the model and encoder
-        take per frame (measured) exceeds the budget. Dropped here, before the model spends on it."""
+        take per frame (measured) exceeds the budget. Dropped here, before the model spends on it.
+
+        When the model alone takes longer than the budget, no frame can make it, and dropping
+        every one would freeze the output on its first frame (seen: 4 frames in 8 s). Then each
+        frame the model has room for, the latest (the source keeps only that), goes through:
+        latency is about the per-frame time, the least there is. Said once; counted as
+        ``frames_late``."""
         service = self.state.service_s
         if self.budget_s is None or frame.arrived is None or service is None:
+            return False
+        if service >= self.budget_s:
+            # (said once the estimate is out of the start-up: eight frames measured)
+            if not self._said_unreachable and len(self.state.services) == self.state.services.maxlen:
+                self._said_unreachable = True
+                log.warning("the model takes %.0f ms a frame, more than --max-latency %.0f ms: no frame can make "
+                            "it, so each leaves as fresh as it can (raise --max-latency, or use a faster setting)",
+                            service * 1000, self.budget_s * 1000)
             return False
         return time.monotonic() - frame.arrived + service > self.budget_s
 
     def __call__(self) -> None:
         state = self.state
         passed, first, started = 0, None, time.monotonic()
+        ask = isinstance(self.work, DemandQueue)   # wait for the model to ask before the next frame
         try:
             frames = iter(self.source)
             while True:
-                if self.budget_s is not None:
-                    # Live: take a frame only once the model has room for it, so that the frame
-                    # it gets is the latest (the source keeps only that) and does not age here.
-                    while self.work.full() and not state.stop.is_set():
-                        time.sleep(0.005)
+                if ask:
+                    # Live: take a frame only once the model asks for one, so that the frame it
+                    # gets is the latest (the source keeps only that) and does not age here.
+                    while not self.work.wanted.wait(POLL_S):
+                        if state.stop.is_set():
+                            raise Stopped()
+                    self.work.wanted.clear()
                 t0 = time.perf_counter()
                 frame = next(frames, None)
                 t1 = time.perf_counter()
@@ -233,6 +252,8 @@ class DecodeStage:
                 state.peak_held = max(state.peak_held, state.frames_in - state.frames_out)
                 items = self.cutter.push(frame)
                 state.seconds["cut"] += time.perf_counter() - t1
+                # A video model's clip still filling: the model has nothing yet, take the next now.
+                ask = isinstance(self.work, DemandQueue) and bool(items)
                 for item in items:
                     put(self.work, item, state.stop)
             for item in self.cutter.finish():
@@ -291,6 +312,7 @@ class Run:
         self._first_out: Optional[float] = None
         self._written_at: Deque[float] = deque(maxlen=1024)   # when recent frames were written (live fps)
         self._post_s = 0.0   # writer-thread time spent posting frames to the board (--serve's cost)
+        self._budget: Optional[float] = None   # seconds from arrival to encoded (--max-latency)
 
     def execute(self) -> Stats:
         with self:
@@ -334,7 +356,7 @@ class Run:
         self.stats.precision = precision
         if choice is not None:
             self.stats.precision_auto = {m: asdict(v) for m, v in choice.measurements.items()}
-        self.worker = make_worker(model, info, opts, precision)
+        self.worker = make_worker(model, info, opts, precision, live=info_in.live)
         if opts.audit:
             self.auditor = Auditor(reference_model(opts.model, opts.task, model), opts.audit, info.scale,
                                    sigma=opts.sigma, prefilter=prefilter)
@@ -374,7 +396,9 @@ class Run:
         # finishes what is in flight; LiveSource's own handoff holds 2 more frames.
         depth = min(opts.queue_size, LIVE_QUEUE_ITEMS) if source.info.live else opts.queue_size
         capacity = queue_items(depth, self.cutter.windower.clip_len)
-        work: "queue.Queue" = queue.Queue(maxsize=capacity)
+        self._budget = self._budget_s()
+        work: "queue.Queue" = DemandQueue(capacity) if self._budget is not None and source.info.live \
+            else queue.Queue(maxsize=capacity)
         results: "queue.Queue" = queue.Queue(maxsize=capacity)
         self._started = time.monotonic()
         self.worker.start()   # worker processes load the model while the sink opens and frames decode
@@ -391,7 +415,7 @@ class Run:
             self.sink = ClockedWriter(sink, source.info.average_rate, opts.stub_after) \
                 if sink.spec.always_on else sink
         self._threads = [
-            threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget_s(), opts.frames,
+            threading.Thread(target=DecodeStage(source, self.cutter, work, state, self._budget, opts.frames,
                                                 opts.duration), name="decode", daemon=True),
             threading.Thread(target=ModelStage(self.worker, work, results, state), name="model", daemon=True),
         ]
@@ -442,7 +466,10 @@ class Run:
                 self._written_at.append(done_at)
                 if self._first_out is None:
                     self._first_out = done_at
-                self._latencies.append(done_at - state.decoded_at.pop(original.index, done_at))
+                latency = done_at - state.decoded_at.pop(original.index, done_at)
+                self._latencies.append(latency)
+                if self._budget is not None and latency > self._budget:
+                    self.stats.frames_late += 1
                 state.services.append(done_at - state.cut_at.pop(original.index, done_at))
                 state.service_s = max(state.services)
                 self.stats.frames_out += 1

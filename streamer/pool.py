@@ -189,7 +189,7 @@ class CpuPool:   # implements streamer.workers.Worker
     def __init__(self, model: nn.Module, workers: int, threads_per_worker: Optional[int] = None,
                  depth: int = 2, max_retries: int = 2, scale: Optional[int] = None,
                  sigma: Optional[float] = None, item_timeout: Optional[float] = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", ready_first: bool = False) -> None:
         if workers < 1:
             raise ValueError("a CPU pool needs at least one worker")
         info = describe_model(model)
@@ -200,6 +200,10 @@ class CpuPool:   # implements streamer.workers.Worker
         self.workers = workers
         self.threads = threads_per_worker or max(1, cpu_cores() // workers)
         self.depth = depth
+        # Live inputs: items go only to processes that have loaded the model, so no frame waits
+        # out a start-up (or a replacement's) and arrives seconds late; their frames meanwhile
+        # are the source's to drop.
+        self.ready_first = ready_first
         self.max_retries = max_retries
         if item_timeout is not None and item_timeout <= 0:
             raise ValueError(f"item_timeout must be positive, got {item_timeout}")
@@ -300,7 +304,7 @@ class CpuPool:   # implements streamer.workers.Worker
                 self._dispatch(target, item)
             if inbox_done and not items:
                 return
-            if not items:
+            if not items and not (self.ready_first and not all(p.ready for p in self._procs)):
                 continue
             for proc, message in self._poll():
                 if message is None:     # the process died
@@ -356,6 +360,8 @@ class CpuPool:   # implements streamer.workers.Worker
     def _free_worker(self) -> Optional[_Process]:
         best = None
         for proc in self._procs:
+            if self.ready_first and not proc.ready:
+                continue
             if len(proc.in_flight) < self.depth and (best is None or len(proc.in_flight) < len(best.in_flight)):
                 best = proc
         return best

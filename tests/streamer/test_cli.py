@@ -143,6 +143,16 @@ def test_run_with_weights_writes_output_and_stats(clip_factory, decode, tmp_path
     assert "wrote" in capsys.readouterr().err
 
 
+def test_output_may_follow_the_options(clip_factory, tmp_path, capsys):
+    """OUTPUT is optional (--serve), and still found after the options (an optional positional
+    after optionals needs intermixed parsing: plain parse_args refused it)."""
+    clip = clip_factory(name="in.mp4", frames=2, width=32, height=24)
+    weights = save_tiny_swinir(tmp_path / "tiny.safetensors")
+    code = main([str(clip.path), "--weights", str(weights), "--workers", "0", "-q", str(tmp_path / "out.mkv")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out.mkv").exists()
+
+
 def test_prefilter_flag_reaches_the_run_and_its_stats(clip_factory, tmp_path, capsys):
     clip = clip_factory(name="in.mp4", frames=2, width=160, height=96, degradation="motion", audio=False)
     weights = save_tiny_swinir(tmp_path / "tiny.safetensors", scale=1)
@@ -322,3 +332,11 @@ def test_ctrl_c_while_libraries_load_is_not_lost(sample_clip, tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert lines == ["nystra-stream: error: interrupted; no output written"]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_live_progress_shows_latency_drops_and_reconnects_instead_of_an_eta():
+    from streamer.cli import _live_figures
+
+    stats = {"latency_ms_p50": 61.2, "latency_ms_p95": 134.0, "frames_dropped": 3, "reconnects": 1}
+    assert _live_figures(stats) == "latency p50 61 p95 134 ms, 3 dropped, 1 reconnects"
+    assert _live_figures(dict(stats, latency_ms_p50=None)) == "3 dropped, 1 reconnects"
