@@ -11,6 +11,10 @@ For each configuration:
 * ``drops_begin_fps``: the lowest of those rates where more than 2 % of frames were dropped
   (None: none dropped even at 1.2 x, i.e. the capacity run underestimated).
 
+* ``--viewers``: the cost of the browser view: the same capacity run (320x240, default workers)
+  with ``--serve`` and no viewer, then with three MJPEG viewers reading as fast as they can;
+  ``fps_ratio`` = fps with viewers / fps without (goal >= 0.95).
+
 All figures of one configuration come from one invocation on one machine; compare ratios, not
 absolute numbers, across machines.
 
@@ -20,7 +24,9 @@ absolute numbers, across machines.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import threading
 import sys
 import tempfile
 import time
@@ -69,16 +75,68 @@ def configuration(size: str, workers: int, seconds: float, folder: Path) -> dict
             "goal_p50_ok": bool(goal_ms and calm["latency_ms_p50"] is not None and calm["latency_ms_p50"] <= goal_ms)}
 
 
+class Viewer(threading.Thread):
+    """Reads /stream.mjpg as fast as it comes until stopped; counts bytes."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.bytes, self.stop = port, 0, threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("GET", "/stream.mjpg")
+        response = conn.getresponse()
+        while not self.stop.is_set():
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            self.bytes += len(chunk)
+        conn.close()
+
+
+def viewers_cost(seconds: float, folder: Path, count: int = 3) -> dict:
+    from streamer.options import options_from_mapping
+    from streamer.pipeline import Run
+
+    out = {}
+    for watching in (0, count):
+        run = Run("lavfi:testsrc2=size=320x240:rate=30", str(folder / f"v{watching}.mkv"),
+                  options_from_mapping(dict(task="denoise", duration=seconds, serve="0", preset="ultrafast",
+                                            copy_streams=False)))
+        viewers = []
+        thread = threading.Thread(target=run.execute, daemon=True)
+        thread.start()
+        while thread.is_alive() and (run.view is None or run.view.port is None):
+            time.sleep(0.05)
+        viewers = [Viewer(run.view.port) for _ in range(watching)]
+        for viewer in viewers:
+            viewer.start()
+        thread.join()
+        for viewer in viewers:
+            viewer.stop.set()
+        out[watching] = {"fps_steady": run.stats.fps_steady, "serve": run.stats.serve,
+                         "viewer_bytes": [v.bytes for v in viewers]}
+    fps0, fps3 = out[0]["fps_steady"], out[count]["fps_steady"]
+    return {"viewers": count, "without": out[0], "with": out[count],
+            "fps_ratio": round(fps3 / fps0, 3) if fps0 and fps3 else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 s runs instead of 15 s")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
     parser.add_argument("--workers", nargs="+", type=int, default=list(WORKERS))
+    parser.add_argument("--viewers", action="store_true", help="only the browser view's cost")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 15.0
     started = time.monotonic()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.viewers:
+            result = viewers_cost(seconds * 2, Path(tmp))
+            print(json.dumps({"benchmark": "live-viewers", "date": time.strftime("%Y-%m-%d"),
+                              "cpu_capability": torch.backends.cpu.get_cpu_capability(), **result}, indent=2))
+            return
         for size in args.sizes:
             for workers in args.workers:
                 results.append(configuration(size, workers, seconds, Path(tmp)))
