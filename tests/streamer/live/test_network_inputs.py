@@ -28,7 +28,7 @@ def test_udp_mpegts_from_an_ffmpeg_sender(tmp_path):
         stats = live_run(f"udp://127.0.0.1:{port}", str(out), frames=30, seconds=25)
     assert stats.frames_out >= 30 and stats.kept_partial == str(out)
     times = frame_times(out)
-    assert len(times) == stats.frames_out and times[0] == 0
+    assert len(times) == stats.frames_out and times[0] < 2.0   # (see the gst-rtsp-server test)
     assert all(b > a for a, b in zip(times, times[1:]))
     # the sender's own 25 fps clock (a frame dropped because the machine was behind leaves its gap)
     assert all(abs((b - a) * 25 - round((b - a) * 25)) < 0.05 for a, b in zip(times, times[1:]))
@@ -83,7 +83,10 @@ def test_rtsp_client_plays_gst_rtsp_server(rtsp_server, transport, tmp_path):
     stats = live_run(rtsp_server, str(out), frames=25, seconds=30, rtsp_transport=transport)
     assert stats.frames_out >= 25 and stats.stalls == 0
     times = frame_times(out)
-    assert len(times) == stats.frames_out and times[0] == 0 and all(b > a for a, b in zip(times, times[1:]))
+    assert len(times) == stats.frames_out and all(b > a for a, b in zip(times, times[1:]))
+    # The source's clock starts at 0; frames that came while the pipeline was starting are dropped
+    # (the latest wins), so the first written one may be a frame or a few later: the gap stays.
+    assert times[0] < 2.0   # (generous: a loaded machine starts slowly)
     assert 0.5 < times[-1] < 3.0   # about a second of a 25 fps live clock
 
 
