@@ -94,6 +94,9 @@ def _split(todo: List[Task], jobs: int) -> tuple:
             pieces.append(task)
             continue
         plans = segments.plan_segments(task.input, int(count))
+        if segments.claim_parts(task.input, task.output, task.options, plans):
+            log.warning("%s: the parts of an earlier run were made from another input, options or cuts: "
+                        "redoing them", task.name)
         whole[task.name] = []
         for plan_ in plans:
             part = segments.part_path(task.output, plan_.index)

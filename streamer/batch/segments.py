@@ -20,6 +20,8 @@ decodes from the clip grid before its start and a clip past its end and writes o
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -27,6 +29,7 @@ from typing import Any, Dict, List, Optional
 import av
 
 from ..errors import ProcessingError, UsageError
+from . import manifest
 from ..passthrough import Passthrough
 from ..ranges import FrameIndex, FrameRange
 from ..sinks import temp_path
@@ -78,6 +81,35 @@ def part_path(output: str, index: int) -> str:
     return os.path.join(parts_dir(output), f"part-{index:04d}.nut")
 
 
+PLAN_FILE = "plan.json"   # in the parts folder: what its parts were made from
+
+
+def claim_parts(input_path: str, output: str, options: Dict[str, Any], plans: List[SegmentPlan]) -> bool:
+    """Make the parts folder of ``output`` this task's: parts left by an interrupted run are kept
+    only if they were made from the same input, options, model, tool version and cuts (recorded
+    in its ``plan.json``); otherwise they are removed, so a changed job never joins stale pieces.
+    Returns whether earlier parts were discarded."""
+    folder = parts_dir(output)
+    record = {**manifest.expected(input_path, options), "cuts": [[p.start, p.end] for p in plans]}
+    path = os.path.join(folder, PLAN_FILE)
+    try:
+        with open(path) as fh:
+            recorded = json.load(fh)
+    except (OSError, ValueError):
+        recorded = None
+    discarded = False
+    if recorded != json.loads(json.dumps(record, default=str)):
+        for old in glob.glob(os.path.join(glob.escape(folder), "part-*.nut")):
+            os.remove(old)
+            discarded = True
+        os.makedirs(folder, exist_ok=True)
+        temp = path + ".tmp"
+        with open(temp, "w") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True, default=str)
+        os.replace(temp, path)
+    return discarded
+
+
 def join_segments(input_path: str, parts: List[str], output: str) -> None:
     """The parts' video in order, plus the source's other streams and tags, into ``output``
     (atomic); the parts are removed only once the output is in place."""
@@ -112,8 +144,9 @@ def join_segments(input_path: str, parts: List[str], output: str) -> None:
     except BaseException:
         _remove(temp)
         raise
-    for part in parts:   # the parts, and their folder once it is empty; nothing else
+    for part in parts:   # the parts, their plan, and their folder once it is empty; nothing else
         _remove(part)
+    _remove(os.path.join(os.path.dirname(os.path.abspath(parts[0])), PLAN_FILE))
     try:
         os.rmdir(os.path.dirname(os.path.abspath(parts[0])))
     except OSError:

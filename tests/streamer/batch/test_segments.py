@@ -109,12 +109,31 @@ def test_an_interrupted_job_keeps_its_finished_pieces(film: Path, tmp_path: Path
     task = Task("film", str(film), output, {"task": "denoise"}, segments=4)
     pieces, whole = _split([task], jobs=1)
     assert len(pieces) == len(whole["film"]) == 4
-    os.makedirs(segments.parts_dir(output))
+    os.makedirs(segments.parts_dir(output), exist_ok=True)
     for done in (0, 2):   # as if those two had finished before the interruption
         Path(segments.part_path(output, done)).write_bytes(b"done")
     pieces, whole = _split([task], jobs=1)
     assert [p.name for p in pieces] == ["film#2", "film#4"]
     assert len(whole["film"]) == 4
+
+
+def test_parts_of_a_changed_job_are_redone_not_joined(film: Path, tmp_path: Path):
+    """Parts an interrupted run left are kept only for the same input, options and cuts."""
+    output = str(tmp_path / "out.mkv")
+    task = Task("film", str(film), output, {"task": "denoise"}, segments=4)
+    _split([task], jobs=1)
+    Path(segments.part_path(output, 0)).write_bytes(b"done")
+    assert [p.name for p in _split([task], jobs=1)[0]] == ["film#2", "film#3", "film#4"]   # same job: kept
+    changed = Task("film", str(film), output, {"task": "denoise", "crf": 30}, segments=4)
+    pieces, _ = _split([changed], jobs=1)
+    assert [p.name for p in pieces] == ["film#1", "film#2", "film#3", "film#4"]
+    assert not os.path.exists(segments.part_path(output, 0))
+    Path(segments.part_path(output, 1)).write_bytes(b"done")
+    recut = Task("film", str(film), output, {"task": "denoise", "crf": 30}, segments=2)
+    assert [p.name for p in _split([recut], jobs=1)[0]] == ["film#1", "film#2"]   # other cuts: redone
+    os.utime(film, ns=(1, 1))   # the input changed (as the manifest sees it)
+    Path(segments.part_path(output, 0)).write_bytes(b"done")
+    assert [p.name for p in _split([recut], jobs=1)[0]] == ["film#1", "film#2"]
 
 
 @pytest.mark.slow
