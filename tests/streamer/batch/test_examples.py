@@ -46,6 +46,6 @@ def test_example_runs(example: str, tmp_path: Path):
                 if not (tmp_path / name).exists():
                     _tiny_video(tmp_path / name)
     report = tmp_path / "report.json"
-    assert cli.main(["batch", str(jobs), "--report", str(report), "-q"]) == 0
+    assert cli.main(["batch", str(jobs), "--jobs", "2", "--report", str(report), "-q"]) == 0
     entries = json.loads(report.read_text())["jobs"]
     assert entries and all(e["status"] == "done" and e["frames_out"] == 4 for e in entries)
