@@ -56,7 +56,7 @@ from .ranges import FrameIndex, FrameRange
 from .sinks import VideoSink, check_output_path
 from .live.clocked import ClockedWriter, FrameSink
 from .live.inputs import open_input
-from .sources import PyAVSource, VideoSource, lost_in_rgb24
+from .sources import PyAVSource, VideoSource
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
 
@@ -302,9 +302,6 @@ class Run:
         info = describe_model(model)
         check_model_fits(info, opts, self.stats.model)
         info_in = self.source.info
-        lost = lost_in_rgb24(info_in.pix_fmt)
-        if lost:   # (high bit depth and alpha through the pipeline: not built yet, issue 16)
-            log.warning("%s is %s: %s", self.input, info_in.pix_fmt, lost)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
         windows = whole_frames_if_they_fit(windows, opts.tile, info_in.width, info_in.height)
         if info_in.live and windows.clip_len > 1:
@@ -362,7 +359,7 @@ class Run:
         self._started = time.monotonic()
         self.worker.start()   # worker processes load the model while the sink opens and frames decode
         width, height = source.info.width * self.scale, source.info.height * self.scale
-        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
+        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
                                    no_reordering=opts.frame_range is not None)   # (pieces that join)
         sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
                          streams_from=source.streams_from if opts.copy_streams else None,
