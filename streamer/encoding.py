@@ -10,7 +10,8 @@ Pixel format (:func:`choose_pix_fmt`): ``--pix-fmt`` if given (one the codec lis
 and 10/12-bit input the codec's 10-bit format (``yuv420p10le`` for libx264, libx265, libsvtav1,
 ffv1; ``yuv422p10le`` for prores_ks), falling back to 8 bits where the codec has no 10-bit
 format (this build's libvpx-vp9). Input with alpha gets the alpha variant where the codec has
-one (``yuva444p10le`` for prores_ks, ``yuva420p``/``yuva420p10le`` for ffv1 and libx265).
+one that a decoder gives back (:data:`ALPHA_CODECS`: ``yuva444p10le`` for prores_ks,
+``yuva420p``/``yuva420p10le`` for ffv1).
 :func:`what_is_lost` names, for the one warning, what the chosen format cannot keep.
 
 Odd sizes: 4:2:0 (and 4:2:2) chroma cannot represent an odd width/height. Rather than change
@@ -160,6 +161,11 @@ _GENERIC_PIX_FMTS = ("yuv420p", "yuv420p10le")
 DEFAULT_PIX_FMTS: Dict[str, Tuple[str, str]] = {
     "prores_ks": ("yuv422p10le", "yuv422p10le"),   # ProRes is 10-bit 4:2:2 or 4:4:4 only
 }
+# Codecs whose alpha a decoder gives back, so input with alpha gets their alpha variant by
+# default. Not libx265 (lists yuva420p, but this build refuses it when the encoder opens) nor
+# libvpx-vp9 (keeps alpha as side data that FFmpeg's own VP9 decoder ignores); --pix-fmt can
+# still ask for those.
+ALPHA_CODECS = ("prores_ks", "ffv1")
 
 
 def _supported(codec: "av.Codec") -> Tuple[str, ...]:
@@ -186,7 +192,7 @@ def choose_pix_fmt(codec: "av.Codec", requested: Optional[str], source_pix_fmt: 
     name = deep if sample_bits(source_pix_fmt) > 8 and (not supported or deep in supported) else eight
     if supported and name not in supported:
         name = supported[0]   # a codec outside the table that takes no YUV 4:2:0 (e.g. png: rgb24)
-    if alpha_bits(source_pix_fmt):
+    if alpha_bits(source_pix_fmt) and codec.name in ALPHA_CODECS:
         for variant in (with_alpha(name), with_alpha(full_chroma(name))):
             if variant in supported:
                 name = variant

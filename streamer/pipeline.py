@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from pipelines.deconvolution import make_prefilter
+from pipelines.pixels import round_pixels
 from pipelines.restorer import describe_model
 
 from .audit import JOIN_S, Auditor, reference_model
@@ -531,6 +532,6 @@ def _side_by_side(original: Frame, restored: Frame) -> Frame:
     if left.shape[:2] != (h, w):
         x = torch.from_numpy(left).permute(2, 0, 1)[None].float()
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-        left = x[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+        left = round_pixels(x[0].permute(1, 2, 0).numpy(), left.dtype)   # uint8, or uint16 (deep input)
     image = np.concatenate([left, restored.image], axis=1)
     return Frame(index=restored.index, pts=restored.pts, time_base=restored.time_base, image=image)

@@ -129,12 +129,31 @@ def test_alpha_is_kept_where_the_codec_holds_it(inputs, tmp_path, caplog, codec,
             np.testing.assert_array_equal(convert_alpha_bits(a, 12, 10), b)
 
 
-def test_alpha_dropped_with_one_warning_where_the_codec_has_none(inputs, tmp_path, caplog):
-    out = tmp_path / "out.mp4"
+def test_alpha_follows_an_upscaling_model_sample_for_sample(inputs, tmp_path):
+    out = tmp_path / "out.mov"
+    assert main([str(inputs["alpha"]), str(out), "--task", "sr2", "--workers", "0", "-q", "--codec", "prores_ks"]) == 0
+    for a, b in zip(alphas(inputs["alpha"]), alphas(out)):
+        np.testing.assert_array_equal(np.repeat(np.repeat(a, 2, axis=0), 2, axis=1), b)
+
+
+# libx265 lists yuva420p but refuses it when it opens; libvpx-vp9's alpha FFmpeg's VP9 decoder ignores
+@pytest.mark.parametrize("codec,ext", [(None, ".mp4"), ("libx265", ".mkv"), ("libvpx-vp9", ".webm")])
+def test_alpha_dropped_with_one_warning_where_the_codec_has_none(inputs, tmp_path, caplog, codec, ext):
+    out = tmp_path / f"out{ext}"
     with caplog.at_level(logging.WARNING):
-        assert main([str(inputs["alpha"]), str(out), "--task", "denoise", "--workers", "0"]) == 0
+        assert main([str(inputs["alpha"]), str(out), "--task", "denoise", "--workers", "0"]
+                    + (["--codec", codec] if codec else [])) == 0
     lost = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
-    assert len(lost) == 1 and "alpha channel is dropped (libx264 yuv420p10le has none)" in lost[0], lost
+    assert len(lost) == 1 and f"alpha channel is dropped ({codec or 'libx264'} " in lost[0], lost
+
+
+def test_compare_with_an_upscaling_model_at_10_bits(inputs, tmp_path):
+    out = tmp_path / "out.mkv"
+    assert main([str(inputs["pq"]), str(out), "--task", "sr2", "--workers", "0", "-q", "--compare"]) == 0
+    written = ffprobe_video(out)
+    assert (written["width"], written["height"], written["pix_fmt"]) == (1024, 128, "yuv420p10le")
+    left = [y[:, :512] for y in luma16(out)]
+    assert min(len(np.unique(y)) for y in left) > 256   # the resized input, not rounded to 8 bits
 
 
 def test_8_bit_input_stays_8_bit_without_a_warning(tmp_path, caplog):
