@@ -130,7 +130,7 @@ class Restorer:
     @torch.inference_mode()
     def restore_video(self, images: np.ndarray, clip_len: Optional[int] = None,
                       clip_overlap: Optional[int] = None) -> np.ndarray:
-        """uint8 ``(T, H, W, 3)`` of any length in, ``(T, H*s, W*s, 3)`` out.
+        """uint8 (or uint16) ``(T, H, W, 3)`` of any length in, ``(T, H*s, W*s, 3)`` out.
 
         A video model sees clips of ``clip_len`` frames (default ``info.clip_len``) overlapping
         by ``clip_overlap`` (default ``clip_len // 4``), the last clip aligned to the end;
@@ -138,7 +138,7 @@ class Restorer:
         restores every frame. The whole output is held in memory: stream long videos instead.
         """
         if images.ndim != 4:
-            raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {images.shape}")
+            raise ValueError(f"expected (T, H, W, 3) frames, got {images.shape}")
         if not self.is_video_model:
             return self.restore(images)
         clip_len = clip_len or self.info.clip_len

@@ -17,8 +17,8 @@ from pipelines.pixels import from_unit, round_pixels, to_unit
 from pipelines.restorer import Restorer
 from streamer import run
 from streamer.cli import main
-from streamer.pixfmt import convert_alpha_bits, read_alpha
-from toy_models import Identity
+from streamer.pixfmt import convert_alpha_bits, read_alpha, write_alpha
+from toy_models import Identity, VideoIdentity
 
 pytestmark = pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("ffprobe")),
                                 reason="the inputs are made with the ffmpeg program")
@@ -48,12 +48,18 @@ def inputs(tmp_path_factory) -> dict:
             "alpha": prores_alpha(d / "alpha.mov")}
 
 
-@pytest.mark.parametrize("codec,ext", [(None, ".mkv"), ("libx265", ".mkv"), ("ffv1", ".mkv")])
-def test_10_bit_hevc_gives_10_bit_output_with_more_than_256_levels(inputs, tmp_path, codec, ext):
+@pytest.mark.parametrize("codec,ext,pix_fmt", [
+    (None, ".mkv", "yuv420p10le"),   # libx264 high10: this PyAV's libx264 lists yuv420p10le
+    ("libx265", ".mkv", "yuv420p10le"), ("libsvtav1", ".mkv", "yuv420p10le"), ("ffv1", ".mkv", "yuv420p10le"),
+    ("prores_ks", ".mov", "yuv422p10le"),
+])
+def test_10_bit_hevc_gives_10_bit_output_with_more_than_256_levels(inputs, tmp_path, codec, ext, pix_fmt):
+    if codec is not None and codec not in av.codecs_available:
+        pytest.skip(f"this PyAV has no {codec}")
     out = tmp_path / f"out{ext}"
     assert main([str(inputs["pq"]), str(out), "--task", "denoise", "--workers", "0", "-q"]
                 + (["--codec", codec] if codec else [])) == 0
-    assert ffprobe_video(out)["pix_fmt"] == "yuv420p10le"
+    assert ffprobe_video(out)["pix_fmt"] == pix_fmt
     levels = [len(np.unique(y)) for y in luma16(out)]
     assert min(levels) > 256, levels   # an 8-bit step anywhere would leave at most 256
 
@@ -79,6 +85,15 @@ def test_no_8_bit_step_identity_model_tiles_and_worker_processes(inputs, tmp_pat
     before, after = luma16(inputs["pq"]), luma16(out)
     assert len(before) == len(after)
     for a, b in zip(before, after):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_no_8_bit_step_video_model_clips_blended(inputs, tmp_path):
+    """A video model's overlapping clips are blended in float and rounded to 16 bits, not 8."""
+    out = tmp_path / "out.mkv"
+    run(str(inputs["pq"]), str(out), model=VideoIdentity(clip_len=4), workers=0, clip_len=4, clip_overlap=2,
+        codec="ffv1", pix_fmt="yuv444p10le")
+    for a, b in zip(luma16(inputs["pq"]), luma16(out)):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
@@ -192,3 +207,13 @@ def test_alpha_bit_conversion():
     assert convert_alpha_bits(a10, 10, 16).tolist() == [0, 64 | 0, (512 << 6) | (512 >> 4), 65535]
     assert convert_alpha_bits(convert_alpha_bits(a10, 10, 16), 16, 10).tolist() == a10.tolist()
     assert convert_alpha_bits(np.array([255], np.uint8), 8, 10).tolist() == [1023]
+
+
+def test_read_and_write_alpha_packed_and_planar():
+    rgba = np.random.default_rng(0).integers(0, 256, (6, 10, 4), dtype=np.uint8)
+    packed = av.VideoFrame.from_ndarray(rgba, format="rgba")
+    np.testing.assert_array_equal(read_alpha(packed), rgba[..., 3])
+    planar = av.VideoFrame.from_ndarray(rgba[..., :3].copy(), format="rgb24").reformat(format="yuva444p10le")
+    a10 = convert_alpha_bits(rgba[..., 3], 8, 10)
+    write_alpha(planar, a10)
+    np.testing.assert_array_equal(read_alpha(planar), a10)
