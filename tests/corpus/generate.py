@@ -173,7 +173,8 @@ def hdr_hevc(path: Path, trc: str = "smpte2084") -> Path:
 
 def prores_alpha(path: Path) -> Path:
     """ProRes 4444 with an alpha plane that varies (a gradient), so that keeping it means something."""
-    ffmpeg(*_src(), "-f", "lavfi", "-i", f"gradients=size={SIZE}:rate={RATE}:duration={SECONDS}",
+    ramp = f"nullsrc=s={SIZE}:r={RATE}:d={SECONDS},format=gray10le,geq=lum='X*12+Y*4'"   # the same every run
+    ffmpeg(*_src(), "-f", "lavfi", "-i", ramp,
            "-filter_complex", "[1]format=gray10le[a];[0]format=yuv444p10le[v];[v][a]alphamerge",
            "-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le", str(path))
     return path

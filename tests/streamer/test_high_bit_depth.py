@@ -134,7 +134,7 @@ def test_alpha_is_kept_where_the_codec_holds_it(inputs, tmp_path, caplog, codec,
     assert written.startswith("yuva"), written
     source, kept = alphas(inputs["alpha"]), alphas(out)
     assert len(source) == len(kept) == 12
-    assert len(np.unique(source[0])) > 8   # the input's alpha varies: keeping it is a real check
+    assert len(np.unique(source[0])) > 100   # the input's alpha varies: keeping it is a real check
     for a, b in zip(source, kept):
         # ProRes decodes to 12 bits; prores_ks takes 10, as does this ffv1 default: the plane is
         # the input's at 10 bits, and ProRes -> ProRes gives back the very same decoded plane.
