@@ -22,6 +22,7 @@ from typing import Any, Generic, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
+from .pixels import round_pixels
 from .tiling import ramp
 
 P = TypeVar("P")   # what the caller pairs with each frame (its index, its source frame, ...)
@@ -97,12 +98,12 @@ class ClipBlender(Generic[P]):
 
     def __init__(self) -> None:
         self._held: Optional[Tuple[ClipSpan, np.ndarray, Sequence[P]]] = None
-        # position -> [payload, weighted sum (float32), sum of weights]
+        # position -> [payload, weighted sum (float32), sum of weights, sample type]
         self._open: "OrderedDict[int, List[Any]]" = OrderedDict()
         self._next: Optional[int] = None   # the next clip must start at or before this frame
 
     def add(self, span: ClipSpan, restored: np.ndarray, payloads: Sequence[P]) -> List[Tuple[P, np.ndarray]]:
-        """``restored``: the clip's frames ``(len(span), ...)`` uint8; ``payloads``: one per frame."""
+        """``restored``: the clip's frames ``(len(span), ...)`` uint8 or uint16; ``payloads``: one per frame."""
         if len(restored) != len(span) or len(payloads) != len(span):
             raise ValueError(f"clip {span.start}-{span.end}: {len(restored)} restored frames and "
                              f"{len(payloads)} payloads for {len(span)} frames")
@@ -136,7 +137,7 @@ class ClipBlender(Generic[P]):
         for position, payload, image, w in zip(range(span.start, span.end), payloads, restored, weights):
             entry = self._open.get(position)
             if entry is None:
-                self._open[position] = [payload, image.astype(np.float32) * w, float(w)]
+                self._open[position] = [payload, image.astype(np.float32) * w, float(w), image.dtype]
             else:
                 entry[1] += image * w
                 entry[2] += float(w)
@@ -147,11 +148,6 @@ class ClipBlender(Generic[P]):
             position = next(iter(self._open))
             if before is not None and position >= before:
                 break
-            payload, total, weight = self._open.popitem(last=False)[1]
-            out.append((payload, to_uint8(total / weight)))
+            payload, total, weight, dtype = self._open.popitem(last=False)[1]
+            out.append((payload, round_pixels(total / weight, dtype)))
         return out
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Round a float image (0-255 scale) to uint8."""
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)

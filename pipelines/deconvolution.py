@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .degradations import motion_kernel
+from .pixels import PIXEL_TYPES, from_unit, to_unit
 
 PREFILTERS = ("motion-wiener",)
 
@@ -198,7 +199,7 @@ def wiener_deconvolve(image: Tensor, kernel: Tensor, nsr: float) -> Tensor:
 
 
 class MotionDeconvolution:
-    """Prefilter: uint8 ``(H, W, 3)`` frame in, the same frame Wiener-deconvolved by its
+    """Prefilter: uint8 (or uint16) ``(H, W, 3)`` frame in, the same frame Wiener-deconvolved by its
     estimated line blur out (or unchanged where none is detected). ``last`` holds the last
     frame's estimate; ``frames`` / ``deconvolved`` count what it did. ``device``: where the
     FFTs run (the model's device: at 1920x1080 the Wiener step costs ~0.4 s on two CPU cores).
@@ -219,14 +220,14 @@ class MotionDeconvolution:
         self.deconvolved = 0
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float().div_(255)
+        x = to_unit(torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1), torch.float32)
         restored, estimate = self.apply(x)
         self.frames += 1
         self.last = estimate
         if restored is None:
             return image
         self.deconvolved += 1
-        return restored.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return from_unit(restored, PIXEL_TYPES[image.dtype]).permute(1, 2, 0).cpu().numpy()
 
     def apply(self, image: Tensor) -> Tuple[Optional[Tensor], Optional[MotionEstimate]]:
         """Float ``(C, H, W)`` in [0, 1] -> (deconvolved frame or None, estimate)."""

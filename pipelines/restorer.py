@@ -1,7 +1,8 @@
 """``Restorer``: a restoration model wrapped for frames of any size.
 
-It owns everything between "uint8 pictures" and "the model's forward": the device and
-precision, conversion to float in [0, 1], padding to the model's size multiple (cropped back
+It owns everything between "integer pictures" (uint8, or uint16 for 10/12-bit input: see
+:mod:`pipelines.pixels`) and "the model's forward": the device and precision, conversion to float
+in [0, 1], padding to the model's size multiple (cropped back
 after), optional spatial tiling with overlap (blended with ramp weights, see
 :mod:`pipelines.tiling`), grey models applied channel by channel, clips for video models, and
 the noise-level channel of non-blind denoisers, and the whole-frame prefilter a model was
@@ -29,6 +30,7 @@ from . import tiling
 from .clips import ClipBlender, clip_spans
 from .deconvolution import make_prefilter
 from .models.base import ModelInfo
+from .pixels import check_pixels, from_unit, to_unit
 
 
 def describe_model(model: nn.Module) -> ModelInfo:
@@ -52,14 +54,14 @@ def describe_model(model: nn.Module) -> ModelInfo:
 
 
 class Restorer:
-    """Run a model on uint8 RGB images of any size.
+    """Run a model on uint8 or uint16 RGB images of any size.
 
     ``tile`` > 0 cuts frames into ``tile`` x ``tile`` pieces overlapping by ``tile_overlap``
     pixels (for memory; the streaming pipeline tiles on its own, to spread tiles over
     workers, and uses ``tile=0`` here). ``sigma``: the noise level (0-255 scale) for models
     whose ``info.needs_sigma`` is set; required for them, refused for the others.
     ``prefilter``: run the model's ``info.prefilter`` on each whole frame in :meth:`restore`
-    (:meth:`restore_uint8` and :meth:`restore_tensor` take frames or tiles already
+    (:meth:`restore_pixels` and :meth:`restore_tensor` take frames or tiles already
     prefiltered: the streaming pipeline prefilters whole frames before it tiles them).
     ``precision``: ``fp32`` (default), ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU), see
     :mod:`pipelines.precision` (``auto`` is resolved before, by :mod:`pipelines.precision_auto`);
@@ -111,24 +113,24 @@ class Restorer:
 
     @torch.inference_mode()
     def restore(self, images: np.ndarray) -> np.ndarray:
-        """uint8 RGB ``(H, W, 3)`` or ``(T, H, W, 3)`` in, uint8 ``(..., H*s, W*s, 3)`` out.
+        """uint8 (or uint16) RGB ``(H, W, 3)`` or ``(T, H, W, 3)`` in, the same type
+        ``(..., H*s, W*s, 3)`` out.
 
         ``T`` frames are a batch for a per-frame model and one clip for a video model.
         """
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 (T, H, W, 3) or (H, W, 3) images, got {images.dtype} {images.shape}")
+        check_pixels(images)
         single = images.ndim == 3
         frames = images[None] if single else images
         if self.prefilter is not None:
             frames = np.stack([self.prefilter(frame) for frame in frames])
         batch = torch.from_numpy(np.ascontiguousarray(frames))
-        out = self.restore_uint8(batch.to(self.device)).cpu().numpy()
+        out = self.restore_pixels(batch.to(self.device)).cpu().numpy()
         return out[0] if single else out
 
     @torch.inference_mode()
     def restore_video(self, images: np.ndarray, clip_len: Optional[int] = None,
                       clip_overlap: Optional[int] = None) -> np.ndarray:
-        """uint8 ``(T, H, W, 3)`` of any length in, ``(T, H*s, W*s, 3)`` out.
+        """uint8 (or uint16) ``(T, H, W, 3)`` of any length in, ``(T, H*s, W*s, 3)`` out.
 
         A video model sees clips of ``clip_len`` frames (default ``info.clip_len``) overlapping
         by ``clip_overlap`` (default ``clip_len // 4``), the last clip aligned to the end;
@@ -136,7 +138,7 @@ class Restorer:
         restores every frame. The whole output is held in memory: stream long videos instead.
         """
         if images.ndim != 4:
-            raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {images.shape}")
+            raise ValueError(f"expected (T, H, W, 3) frames, got {images.shape}")
         if not self.is_video_model:
             return self.restore(images)
         clip_len = clip_len or self.info.clip_len
@@ -155,12 +157,13 @@ class Restorer:
         return np.stack([image for _, image in frames])
 
     @torch.inference_mode()
-    def restore_uint8(self, frames: Tensor) -> Tensor:
-        """uint8 ``(T, H, W, 3)`` on any device → uint8 ``(T, H*s, W*s, 3)`` on the same
-        device. The conversions run on the device, so a GPU worker uploads bytes, not floats."""
-        x = frames.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+    def restore_pixels(self, frames: Tensor) -> Tensor:
+        """uint8 (or uint16) ``(T, H, W, 3)`` on any device → the same type ``(T, H*s, W*s, 3)``
+        on the same device. The conversions run on the device, so a GPU worker uploads
+        integers, not floats."""
+        x = to_unit(frames.to(self.device).permute(0, 3, 1, 2), self.dtype)
         y = self.restore_tensor(x)
-        return y.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().to(frames.device)
+        return from_unit(y, frames.dtype).permute(0, 2, 3, 1).contiguous().to(frames.device)
 
     @torch.inference_mode()
     def restore_tensor(self, x: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from torch import nn
 from pipelines import zoo
 from pipelines.attention import patch_attention
 from pipelines.loading import load_model
+from pipelines.pixels import pixel_max
 from pipelines.restorer import Restorer
 
 from .frames import Frame
@@ -158,7 +159,7 @@ class Auditor:
             source = np.repeat(np.repeat(source, s, axis=0), s, axis=1)
         delta = delta_db(out, ref, source.astype(np.float64))
         mse = float(np.mean((out.astype(np.float64) - ref) ** 2))
-        psnr = 99.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+        psnr = 99.0 if mse == 0 else 10 * math.log10(float(pixel_max(written.dtype)) ** 2 / mse)
         report = self.report
         report.count += 1
         report.deltas.append((original.index, delta))

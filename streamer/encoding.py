@@ -5,10 +5,19 @@ libvpx-vp9 for WebM); ``crf``/``preset`` None pick the codec's default in :data:
 every codec (mapped onto libsvtav1's 0-13 and libvpx-vp9's deadline/cpu-used scales); the
 codecs' own numeric presets work too.
 
+Pixel format (:func:`choose_pix_fmt`): ``--pix-fmt`` if given (one the codec lists, else a
+:class:`UsageError`); otherwise from the input: 8-bit input gets ``yuv420p``, as players expect,
+and 10/12-bit input the codec's 10-bit format (``yuv420p10le`` for libx264, libx265, libsvtav1,
+ffv1; ``yuv422p10le`` for prores_ks), falling back to 8 bits where the codec has no 10-bit
+format (this build's libvpx-vp9). Input with alpha gets the alpha variant where the codec has
+one that a decoder gives back (:data:`ALPHA_CODECS`: ``yuva444p10le`` for prores_ks,
+``yuva420p``/``yuva420p10le`` for ffv1).
+:func:`what_is_lost` names, for the one warning, what the chosen format cannot keep.
+
 Odd sizes: 4:2:0 (and 4:2:2) chroma cannot represent an odd width/height. Rather than change
 the picture size behind the user's back, :func:`pick_pix_fmt` switches to the codec's 4:4:4
-format (``yuv444p``) with a one-line warning; codecs without 4:4:4 (libsvtav1) refuse odd
-sizes with a :class:`UsageError`.
+format (``yuv444p``, ``yuv444p10le``) with a one-line warning; codecs without 4:4:4 (libsvtav1)
+refuse odd sizes with a :class:`UsageError`.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from typing import Dict, Optional, Tuple
 import av
 
 from .errors import UsageError
+from .pixfmt import alpha_bits, full_chroma, sample_bits, video_format, with_alpha
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +41,7 @@ class EncoderSettings:
     codec: Optional[str] = None
     crf: Optional[int] = None
     preset: Optional[str] = None
-    pix_fmt: str = "yuv420p"
+    pix_fmt: Optional[str] = None   # None: chosen from the input (choose_pix_fmt)
     # No B-frames: decode order = presentation order, so files cut from one stream (segments)
     # join by stream copy with increasing dts at every seam.
     no_reordering: bool = False
@@ -145,17 +155,75 @@ def encoder_options(settings: EncoderSettings) -> Dict[str, str]:
     return {**options, "bf": "0"} if settings.no_reordering else options
 
 
+# Formats written when --pix-fmt is not given: (for 8-bit input, for 10/12-bit input). Codecs
+# not named here get _GENERIC_PIX_FMTS where they list them.
+_GENERIC_PIX_FMTS = ("yuv420p", "yuv420p10le")
+DEFAULT_PIX_FMTS: Dict[str, Tuple[str, str]] = {
+    "prores_ks": ("yuv422p10le", "yuv422p10le"),   # ProRes is 10-bit 4:2:2 or 4:4:4 only
+}
+# Codecs whose alpha a decoder gives back, so input with alpha gets their alpha variant by
+# default. Not libx265 (lists yuva420p, but this build refuses it when the encoder opens) nor
+# libvpx-vp9 (keeps alpha as side data that FFmpeg's own VP9 decoder ignores); --pix-fmt can
+# still ask for those.
+ALPHA_CODECS = ("prores_ks", "ffv1")
+
+
+def _supported(codec: "av.Codec") -> Tuple[str, ...]:
+    return tuple(f.name for f in codec.video_formats or ())
+
+
+def check_pix_fmt(codec: "av.Codec", name: str) -> None:
+    """:class:`UsageError` (one line) unless ``codec`` can encode pixel format ``name``."""
+    if video_format(name) is None:
+        raise UsageError(f"unknown pixel format {name!r} (ffmpeg -pix_fmts lists them)")
+    supported = _supported(codec)
+    if supported and name not in supported:
+        raise UsageError(f"{codec.name} cannot encode pixel format {name} (it takes: {', '.join(supported)})")
+
+
+def choose_pix_fmt(codec: "av.Codec", requested: Optional[str], source_pix_fmt: Optional[str],
+                   width: int, height: int) -> str:
+    """The pixel format to encode: see the module docstring."""
+    if requested is not None:
+        check_pix_fmt(codec, requested)
+        return pick_pix_fmt(codec, requested, width, height)
+    supported = _supported(codec)
+    eight, deep = DEFAULT_PIX_FMTS.get(codec.name, _GENERIC_PIX_FMTS)
+    name = deep if sample_bits(source_pix_fmt) > 8 and (not supported or deep in supported) else eight
+    if supported and name not in supported:
+        name = supported[0]   # a codec outside the table that takes no YUV 4:2:0 (e.g. png: rgb24)
+    if alpha_bits(source_pix_fmt) and codec.name in ALPHA_CODECS:
+        for variant in (with_alpha(name), with_alpha(full_chroma(name))):
+            if variant in supported:
+                name = variant
+                break
+    return pick_pix_fmt(codec, name, width, height)
+
+
+def what_is_lost(source_pix_fmt: Optional[str], pix_fmt: str, codec: str) -> Optional[str]:
+    """What encoding ``source_pix_fmt`` input as ``pix_fmt`` loses (alpha, bits), in words for
+    a warning; None when nothing is lost."""
+    lost = []
+    if alpha_bits(source_pix_fmt) and not alpha_bits(pix_fmt):
+        lost.append(f"its alpha channel is dropped ({codec} {pix_fmt} has none)")
+    bits_in, bits_out = sample_bits(source_pix_fmt), sample_bits(pix_fmt)
+    if bits_in > bits_out:
+        lost.append(f"its {bits_in}-bit samples are written at {bits_out} bits ({codec} {pix_fmt})")
+    return " and ".join(lost) or None
+
+
 def pick_pix_fmt(codec: "av.Codec", requested: str, width: int, height: int) -> str:
-    """``requested``, or yuv444p where ``requested`` subsamples chroma and the size is odd."""
+    """``requested``, or its 4:4:4 variant where ``requested`` subsamples chroma and the size is odd."""
     fmt = av.VideoFormat(requested)
     subsampled_w = fmt.chroma_width(width) != width
     subsampled_h = fmt.chroma_height(height) != height
     if not ((subsampled_w and width % 2) or (subsampled_h and height % 2)):
         return requested
+    full = full_chroma(requested)
     supported = {f.name for f in codec.video_formats or ()}
-    if "yuv444p" in supported:
-        log.warning("%dx%d is odd-sized: %s cannot hold it, encoding %s as yuv444p "
-                    "(same picture size, full-resolution chroma)", width, height, requested, codec.name)
-        return "yuv444p"
+    if full in supported:
+        log.warning("%dx%d is odd-sized: %s cannot hold it, encoding %s as %s "
+                    "(same picture size, full-resolution chroma)", width, height, requested, codec.name, full)
+        return full
     raise UsageError(f"{codec.name} cannot encode an odd size ({width}x{height}) without changing it: "
                      f"use a codec with 4:4:4 support (libx264, libx265, libvpx-vp9, ffv1)")

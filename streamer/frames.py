@@ -31,17 +31,23 @@ class VideoInfo:
     display_matrix: Optional[Tuple[int, ...]] = None
     # Pixel shape (width / height of one pixel), None for square: anamorphic SD/DV video.
     sample_aspect_ratio: Optional[Fraction] = None
+    # Bits of the alpha plane each Frame carries as ``alpha``; None: the input has no alpha.
+    alpha_bits: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded frame: ``image`` is H x W x 3 uint8 RGB; ``pts`` in ``time_base`` units."""
+    """One decoded frame: ``image`` is H x W x 3 RGB, uint8 for 8-bit input and uint16 (16-bit
+    samples, ``rgb48le``) for 10/12-bit input (:mod:`pipelines.pixels`); ``pts`` in ``time_base``
+    units. ``alpha``: the input's alpha plane (H x W, its own bits: ``VideoInfo.alpha_bits``) where
+    it has one; it is not restored, only passed to the sink."""
 
     index: int
     pts: Optional[int]
     time_base: Fraction
     image: np.ndarray
     arrived: Optional[float] = None   # time.monotonic() when a live source demuxed it (latency's start)
+    alpha: Optional[np.ndarray] = None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pipelines.precision import PRECISIONS, QUALITY_BOUND_DB, Choice, PrecisionE
 from pipelines.precision_auto import choose_precision
 from pipelines.models.base import ModelInfo, NoiseLevelError, check_noise_level
 
-from .encoding import EncoderSettings, encoder_options, video_encoder
+from .encoding import EncoderSettings, check_pix_fmt, encoder_options, video_encoder
 from .live.clocked import DEFAULT_STUB_AFTER
 from .live.specs import DEFAULT_STALL_TIMEOUT, RTSP_TRANSPORTS
 from .errors import UsageError
@@ -164,6 +164,9 @@ class Options:
     crf: Optional[int] = _option(None, "output", "encoder quality (codec default if unset)", metavar="Q")
     preset: Optional[str] = _option(
         None, "output", "encoder speed preset (x264 names work for every codec)", metavar="P")
+    pix_fmt: Optional[str] = _option(
+        None, "output", "pixel format to encode, e.g. yuv420p10le (default: yuv420p for 8-bit input; the "
+        "codec's 10-bit format for 10/12-bit input; its alpha variant for input with alpha)", metavar="NAME")
     compare: bool = _option(   # side-by-side: input (resized) | result
         False, "output", "write a side-by-side video instead: input (resized) left, result right")
     keep_partial: bool = _option(False, "output", "on failure or Ctrl-C keep a playable file of the frames done")
@@ -326,10 +329,12 @@ def check_options(opts: Options) -> None:
 
 
 def check_encoder(opts: Options, output: str) -> None:
-    """Codec, crf and preset, checked before the model loads (the sink checks the rest)."""
+    """Codec, crf, preset and pixel format, checked before the model loads (the sink checks the rest)."""
     settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset).for_output(output)
-    video_encoder(settings.codec)
+    codec = video_encoder(settings.codec)
     encoder_options(settings)
+    if opts.pix_fmt is not None:
+        check_pix_fmt(codec, opts.pix_fmt)
 
 
 def prepare_model(opts: Options) -> Tuple[nn.Module, str]:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from pipelines.deconvolution import make_prefilter
+from pipelines.pixels import round_pixels
 from pipelines.restorer import describe_model
 
 from .audit import JOIN_S, Auditor, reference_model
@@ -57,7 +58,7 @@ from .serve import FrameBoard, check_serve, open_view
 from .sinks import NoOutput, VideoSink, check_output_path
 from .live.clocked import ClockedWriter, FrameSink
 from .live.inputs import open_input
-from .sources import PyAVSource, VideoSource, lost_in_rgb24
+from .sources import PyAVSource, VideoSource
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
 
@@ -338,9 +339,6 @@ class Run:
         info = describe_model(model)
         check_model_fits(info, opts, self.stats.model)
         info_in = self.source.info
-        lost = lost_in_rgb24(info_in.pix_fmt)
-        if lost:   # (high bit depth and alpha through the pipeline: not built yet, issue 16)
-            log.warning("%s is %s: %s", self.input, info_in.pix_fmt, lost)
         windows = window_settings(info, opts.tile, opts.tile_overlap, opts.clip_len, opts.clip_overlap)
         windows = whole_frames_if_they_fit(windows, opts.tile, info_in.width, info_in.height)
         if info_in.live and windows.clip_len > 1:
@@ -403,7 +401,7 @@ class Run:
         self._started = time.monotonic()
         self.worker.start()   # worker processes load the model while the sink opens and frames decode
         width, height = source.info.width * self.scale, source.info.height * self.scale
-        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset,
+        settings = EncoderSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
                                    no_reordering=opts.frame_range is not None)   # (pieces that join)
         if self.output is None:
             self.sink = NoOutput()
@@ -620,6 +618,6 @@ def _side_by_side(original: Frame, restored: Frame) -> Frame:
     if left.shape[:2] != (h, w):
         x = torch.from_numpy(left).permute(2, 0, 1)[None].float()
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-        left = x[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+        left = round_pixels(x[0].permute(1, 2, 0).numpy(), left.dtype)   # uint8, or uint16 (deep input)
     image = np.concatenate([left, restored.image], axis=1)
     return Frame(index=restored.index, pts=restored.pts, time_base=restored.time_base, image=image)

@@ -4,7 +4,8 @@
 Spawned, not forked: forking after torch has started OpenMP threads can deadlock the child.
 Each process sets ``torch.set_num_threads(cores // N)`` and gets the model once (its
 parameters in shared memory, so N workers do not hold N copies). Tiles travel through
-per-worker shared-memory slots (torch shared tensors, sized to the largest tile seen); only
+per-worker shared-memory slots (torch shared byte tensors, sized to the largest tile seen, viewed
+as the tile's sample type: uint8, or uint16 for high-bit-depth input); only
 small messages go through pipes, one pair per worker, so a worker that dies can never leave
 a lock held that others need. The parent waits on every worker's result pipe and process
 sentinel at once: a death is seen immediately, the worker is replaced and its unfinished
@@ -36,6 +37,7 @@ import torch.multiprocessing as torch_mp
 from torch import nn
 
 from pipelines.attention.guard import fallback_count
+from pipelines.pixels import PIXEL_TYPES
 from pipelines.restorer import Restorer, describe_model
 from pipelines.runtime import configure_allocator
 
@@ -99,16 +101,18 @@ def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, ta
             _, slot, in_buf, out_buf = message
             slots[slot] = (in_buf, out_buf)
             continue
-        _, index, slot, shape = message
+        _, index, slot, shape, dtype = message
         in_buf, out_buf = slots[slot]
         started, fallbacks = time.perf_counter(), fallback_count()
         try:
-            frames = in_buf[: int(np.prod(shape))].view(shape)
-            restored = restorer.restore_uint8(frames)
-            size = restored.numel()
+            dtype = np.dtype(dtype)
+            frames = in_buf[: int(np.prod(shape)) * dtype.itemsize].view(PIXEL_TYPES[dtype]).view(shape)
+            restored = restorer.restore_pixels(frames)
+            data = restored.reshape(-1).view(torch.uint8)
+            size = data.numel()
             if size > out_buf.numel():
                 raise RuntimeError(f"model output {tuple(restored.shape)} does not fit the output slot")
-            out_buf[:size].view(restored.shape).copy_(restored)
+            out_buf[:size].copy_(data)
         except Exception as err:
             results.send(("error", index, _picklable(err), traceback.format_exc()))
             continue
@@ -368,7 +372,7 @@ class CpuPool:   # implements streamer.workers.Worker
 
     def _dispatch(self, proc: _Process, item: WorkItem) -> None:
         data = item.data
-        need_in = data.size
+        need_in = data.nbytes
         need_out = need_in * self.scale * self.scale
         slot_id = proc.free_slot()
         if slot_id is None:
@@ -382,19 +386,20 @@ class CpuPool:   # implements streamer.workers.Worker
                 proc.tasks.send(("slot", slot_id, slot.in_buf, slot.out_buf))
             except (OSError, ValueError):
                 pass
-        slot.in_buf[:need_in].numpy().reshape(data.shape)[...] = data
+        slot.in_buf[:need_in].numpy().view(data.dtype).reshape(data.shape)[...] = data
         slot.busy = True
         proc.in_flight.append((item.index, slot_id))
         if len(proc.in_flight) == 1:
             proc.restart_clock()
         try:
-            proc.tasks.send(("item", item.index, slot_id, tuple(data.shape)))
+            proc.tasks.send(("item", item.index, slot_id, tuple(data.shape), data.dtype.str))
         except (OSError, ValueError):
             pass  # the worker died: _poll sees its sentinel and the item is retried
 
     def _collect(self, proc: _Process, index: int, shape: Tuple[int, ...]) -> WorkResult:
         slot = self._release(proc, index)
-        image = slot.out_buf[: int(np.prod(shape))].numpy().reshape(shape).copy()
+        dtype = self._items[index].data.dtype
+        image = slot.out_buf[: int(np.prod(shape)) * dtype.itemsize].numpy().view(dtype).reshape(shape).copy()
         return WorkResult(self._items[index], image)
 
     @staticmethod

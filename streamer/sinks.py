@@ -2,7 +2,10 @@
 
 The output keeps what the input had: every frame's timestamp (variable frame rate included; the
 output pts are the input pts, rescaled to the output stream's time base), the colour tags
-(range, matrix, primaries, transfer), the display matrix and pixel shape, and, through
+(range, matrix, primaries, transfer: BT.2020 with PQ or HLG included), the bit depth and the alpha
+plane where the codec takes them (:func:`streamer.encoding.choose_pix_fmt`; 16-bit RGB frames
+are converted straight to the 10-bit format, and the alpha plane is copied into the output's,
+not restored), the display matrix and pixel shape, and, through
 :mod:`streamer.passthrough`, the audio (copied packet for packet, re-encoded only where the
 container cannot hold the codec) and subtitle streams, interleaved with the video by time, with
 the container's and streams' tags.
@@ -30,10 +33,11 @@ import av
 
 from .passthrough import MPEGTS_CODECS, Passthrough
 from .avutil import describe_av_error, display_path, missing_protocol
-from .encoding import EncoderSettings, encoder_options, pick_pix_fmt, video_encoder
+from .encoding import EncoderSettings, choose_pix_fmt, encoder_options, video_encoder, what_is_lost
 from .errors import ProcessingError, UsageError
 from .frames import Frame, VideoInfo
 from .live.outputs import OutputSpec, parse_output
+from .pixfmt import alpha_bits, convert_alpha_bits, resize_nearest, write_alpha
 from .sources import PtsRepair
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,9 @@ def _container_accepts(output: "av.container.OutputContainer", codec: "av.Codec"
     return codec.name in output.supported_codecs
 
 
+# Frame sample type -> the packed RGB format it is handed to swscale as.
+_RGB = {"uint8": "rgb24", "uint16": "rgb48le"}
+
 # FFmpeg colour enums -> swscale matrix constants (where they differ; equal values pass through).
 _SWS_MATRIX = {6: 5, 10: 9}     # smpte170m -> itu601, bt2020 constant luminance -> bt2020
 
@@ -164,7 +171,13 @@ class VideoSink:
         options = encoder_options(settings)
         if live:
             options.update(live_encoder_options(settings.codec, info.average_rate))
-        self.pix_fmt = pick_pix_fmt(codec, settings.pix_fmt, self.width, self.height)
+        self.pix_fmt = choose_pix_fmt(codec, settings.pix_fmt, info.pix_fmt, self.width, self.height)
+        lost = what_is_lost(info.pix_fmt, self.pix_fmt, codec.name)
+        if lost:
+            log.warning("the input is %s: %s", info.pix_fmt, lost)
+        # Alpha planes go from the input's bits to the output's (None: not written).
+        self._alpha_bits = (info.alpha_bits, alpha_bits(self.pix_fmt)) \
+            if info.alpha_bits and alpha_bits(self.pix_fmt) else None
         self.time_base = info.time_base
         self._pts = PtsRepair(info.time_base, info.average_rate)
         self._matrix = _SWS_MATRIX.get(info.color_space, info.color_space) if info.color_space else None
@@ -235,16 +248,20 @@ class VideoSink:
         if self._done is not None:
             raise ProcessingError(f"sink for {self._shown} is already {self._done[0]}")
         image = frame.image
-        if image.dtype.name != "uint8" or image.shape != (self.height, self.width, 3):
-            raise ProcessingError(f"frame {frame.index}: expected a {self.height}x{self.width}x3 uint8 image, "
-                                  f"got {image.dtype} {tuple(image.shape)}")
+        if image.dtype.name not in _RGB or image.shape != (self.height, self.width, 3):
+            raise ProcessingError(f"frame {frame.index}: expected a {self.height}x{self.width}x3 uint8 or uint16 "
+                                  f"image, got {image.dtype} {tuple(image.shape)}")
         pts = frame.pts
         if pts is not None and frame.time_base != self.time_base:
             pts = round(pts * frame.time_base / self.time_base)
         pts = self._pts(pts)
-        vf = av.VideoFrame.from_ndarray(image if image.flags.c_contiguous else image.copy(), format="rgb24")
+        vf = av.VideoFrame.from_ndarray(image if image.flags.c_contiguous else image.copy(),
+                                        format=_RGB[image.dtype.name])
         # Convert with the input's matrix and range so a decode -> encode pass is colour-neutral.
         vf = vf.reformat(format=self.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self._range)
+        if self._alpha_bits is not None and frame.alpha is not None:
+            alpha = resize_nearest(frame.alpha, self.height, self.width)
+            write_alpha(vf, convert_alpha_bits(alpha, *self._alpha_bits))
         vf.pts = pts
         vf.time_base = self.time_base
         try:

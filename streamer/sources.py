@@ -4,7 +4,13 @@
 readable, FFmpeg recognises it, it has a video stream, the first frame decodes) so that the CLI
 fails with one clear line before it spends time loading a model. It returns a
 :class:`VideoSource`: a context manager that yields :class:`~streamer.frames.Frame` objects
-(RGB uint8, pts in the stream's time base) once.
+(RGB uint8, or uint16 for 10/12-bit input; pts in the stream's time base) once.
+
+High bit depth: a stream whose samples have more than 8 bits is decoded to ``rgb48le`` (uint16),
+so 10-bit input reaches the model and the encoder without an 8-bit step; 8-bit input stays
+``rgb24`` (half the bytes through every queue). Alpha: a stream with an alpha plane gives each
+frame its plane as decoded (``Frame.alpha``), for the sink to write back where the output
+codec holds alpha.
 
 Files are read with PyAV (any container and codec FFmpeg reads, threaded decoding) or, with
 ``decoder="decord"``, with decord (an optional extra; files only, AV1 falls back to PyAV).
@@ -32,6 +38,7 @@ from .errors import ProcessingError, UsageError
 from .frames import Frame, VideoInfo
 from .live.specs import DEFAULT_STALL_TIMEOUT, parse_input
 from .pipes import PipeReader, is_pipe
+from .pixfmt import alpha_bits, read_alpha, resize_nearest, rgb_format, sample_bits
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +235,7 @@ def _video_info(container: "av.container.InputContainer", stream: "av.video.stre
         has_audio=bool(container.streams.audio),
         display_matrix=_display_matrix(first),
         sample_aspect_ratio=_pixel_shape(stream),
+        alpha_bits=alpha_bits(first.format.name),
     )
 
 
@@ -314,7 +322,7 @@ class PyAVSource(VideoSource):
             raise
         self._first: Optional[av.VideoFrame] = first
         self._pts = PtsRepair(self.info.time_base, self.info.average_rate)
-        self._rgb = FixedSize(self.info.width, self.info.height, shown)
+        self._rgb = FixedSize(self.info.width, self.info.height, shown, self.info.pix_fmt)
 
     @property
     def streams_from(self) -> Optional[str]:
@@ -369,7 +377,8 @@ class PyAVSource(VideoSource):
                         raise ProcessingError(
                             f"reading {self.shown} failed at frame {index}: "
                             f"{describe_av_error(err)}") from None
-                yield Frame(index=index, pts=self._pts(vf.pts), time_base=tb, image=self._rgb(vf))
+                yield Frame(index=index, pts=self._pts(vf.pts), time_base=tb, image=self._rgb(vf),
+                            alpha=self._rgb.alpha(vf) if self.info.alpha_bits else None)
                 index += 1
         finally:
             if self._pts.repaired:
@@ -388,24 +397,30 @@ class PyAVSource(VideoSource):
 
 
 class FixedSize:
-    """Decoded frames as RGB arrays at the first frame's size. Cameras and broadcast streams may
-    change size mid-stream; the output keeps the size chosen at the start, so a frame of another
-    size is scaled to it (bicubic), with one warning per run."""
+    """Decoded frames as RGB arrays at the first frame's size: ``rgb24`` (uint8), or ``rgb48le``
+    (uint16) where the stream's format ``pix_fmt`` has more than 8 bits. Cameras and broadcast
+    streams may change size mid-stream; the output keeps the size chosen at the start, so a frame
+    of another size is scaled to it (bicubic), with one warning per run."""
 
-    def __init__(self, width: int, height: int, shown: str) -> None:
+    def __init__(self, width: int, height: int, shown: str, pix_fmt: Optional[str] = None) -> None:
         assert width > 0 and height > 0, (width, height)
         self.width, self.height, self.shown = width, height, shown
+        self.format = rgb_format(sample_bits(pix_fmt))
         self.scaled = 0
 
     def __call__(self, vf: "av.VideoFrame") -> "np.ndarray":
         # to_ndarray converts with the frame's own matrix and range tags.
         if (vf.width, vf.height) == (self.width, self.height):
-            return vf.to_ndarray(format="rgb24")
+            return vf.to_ndarray(format=self.format)
         if not self.scaled:
             log.warning("%s: the picture size changed mid-stream from %dx%d to %dx%d: scaling to %dx%d",
                         self.shown, self.width, self.height, vf.width, vf.height, self.width, self.height)
         self.scaled += 1
-        return vf.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation="BICUBIC")
+        return vf.to_ndarray(format=self.format, width=self.width, height=self.height, interpolation="BICUBIC")
+
+    def alpha(self, vf: "av.VideoFrame") -> "np.ndarray":
+        """The frame's alpha plane at the first frame's size."""
+        return resize_nearest(read_alpha(vf), self.height, self.width)
 
 
 def check_frame_memory(width: int, height: int, shown: str) -> None:
@@ -471,6 +486,9 @@ def _decord_or_fallback(probe: PyAVSource) -> VideoSource:
     """A :class:`DecordSource` for ``probe``'s file, or ``probe`` itself (with a warning) where
     decord cannot read the file. ``probe`` has already validated the file and knows its info."""
     shown = display_path(probe.path)
+    if sample_bits(probe.info.pix_fmt) > 8 or probe.info.alpha_bits:
+        log.warning("decord decodes to 8-bit RGB: reading %s (%s) with PyAV instead", shown, probe.info.pix_fmt)
+        return probe
     if probe.info.codec_name in _DECORD_UNSUPPORTED:
         log.warning("decord cannot decode %s video: reading %s with PyAV instead",
                     probe.info.codec_name, shown)
@@ -546,21 +564,3 @@ class DecordSource(VideoSource):
 
     def _close(self) -> None:
         self._reader = None
-
-
-def lost_in_rgb24(pix_fmt: Optional[str]) -> Optional[str]:
-    """What the pipeline's 8-bit RGB frames cannot carry of ``pix_fmt`` (alpha, more than 8
-    bits), in words for a warning; None when nothing is lost."""
-    try:
-        fmt = av.VideoFormat(pix_fmt) if pix_fmt else None
-    except (ValueError, av.FFmpegError):
-        return None
-    if fmt is None:
-        return None
-    lost = []
-    if any(c.is_alpha for c in fmt.components):
-        lost.append("its alpha channel is dropped")
-    bits = max((c.bits for c in fmt.components), default=8)
-    if bits > 8:
-        lost.append(f"its {bits}-bit samples are restored and written at 8 bits")
-    return " and ".join(lost) or None

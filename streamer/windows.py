@@ -31,7 +31,8 @@ from typing import Callable, Deque, List, Optional, Tuple
 import numpy as np
 
 from pipelines import tiling
-from pipelines.clips import ClipBlender, ClipSchedule, ClipSpan, to_uint8
+from pipelines.clips import ClipBlender, ClipSchedule, ClipSpan
+from pipelines.pixels import round_pixels
 from pipelines.models.base import ModelInfo
 from pipelines.tiling import Box
 
@@ -58,13 +59,13 @@ class WorkItem:
     clip: Clip            # stays in this process; only ``data`` travels to a worker
     tile: int             # position of ``box`` in the layout
     box: Box              # (top, left, bottom, right) in input pixels
-    data: np.ndarray      # (T, h, w, 3) uint8 (possibly a view into the frames)
+    data: np.ndarray      # (T, h, w, 3) uint8, or uint16 for high bit depth (possibly a view into the frames)
 
 
 @dataclass
 class WorkResult:
     item: WorkItem
-    image: np.ndarray     # (T, h*s, w*s, 3) uint8
+    image: np.ndarray     # (T, h*s, w*s, 3), the type of ``item.data``
 
 
 def check_window_options(tile: int, tile_overlap: int, clip_len: int, clip_overlap: int) -> None:
@@ -172,7 +173,7 @@ class TileLayout:
 class Cutter:
     """Frames in, indexed work items out (clips, then tiles of each clip).
 
-    ``prefilter``: a whole-frame step (uint8 image in, same shape out) applied before tiling,
+    ``prefilter``: a whole-frame step (image in, same shape and type out) applied before tiling,
     e.g. the bundled deblurrer's motion deconvolution; the clip keeps the frames as decoded
     (for ``--compare``), the work items carry the prefiltered pixels.
     """
@@ -232,6 +233,7 @@ class Stitcher:
         self._tiles_seen = 0
         self._canvas: Optional[np.ndarray] = None   # float32 accumulator of the current clip
         self._single: Optional[np.ndarray] = None  # the one tile when the layout has one
+        self._dtype = np.dtype(np.uint8)   # the current clip's sample type (uint16: high bit depth)
         # Temporal blending (pipelines.clips): a finished clip waits there until the next one
         # says how many frames they share.
         self._blender: ClipBlender[Frame] = ClipBlender()
@@ -266,6 +268,7 @@ class Stitcher:
         if len(self.layout) > 1:
             h, w = self.layout.out_size
             self._canvas = np.zeros((len(item.clip.frames), h, w, 3), np.float32)
+            self._dtype = item.data.dtype
 
     def _paste(self, item: WorkItem, image: np.ndarray) -> None:
         t, l, b, r = self.layout.out_boxes[item.tile]
@@ -279,7 +282,7 @@ class Stitcher:
 
     def _finish_clip(self) -> np.ndarray:
         if self._canvas is not None:
-            restored = to_uint8(self._canvas)
+            restored = round_pixels(self._canvas, self._dtype)
         else:
             restored = self._single
         self._clip, self._clip_id, self._canvas, self._single = None, None, None, None
@@ -293,4 +296,5 @@ class Stitcher:
 
 
 def _restored_frame(source: Frame, image: np.ndarray) -> Frame:
-    return Frame(index=source.index, pts=source.pts, time_base=source.time_base, image=image)
+    # The alpha plane is not restored: it goes out as it came in.
+    return Frame(index=source.index, pts=source.pts, time_base=source.time_base, image=image, alpha=source.alpha)

@@ -3,8 +3,9 @@ on; every worker counts what it did in one :class:`WorkerCounters`.
 
 Both kinds take :class:`~streamer.windows.WorkItem` s from a queue and hand
 :class:`~streamer.windows.WorkResult` s, in index order, to an ``emit`` callback. An item is a
-spatial tile of a clip, ``(T, h, w, 3)`` uint8: one frame for per-frame models, ``T`` frames a
-video model restores together (:class:`~pipelines.restorer.Restorer` feeds it as one clip):
+spatial tile of a clip, ``(T, h, w, 3)`` uint8 (uint16 for high-bit-depth input): one frame
+for per-frame models, ``T`` frames a video model restores together
+(:class:`~pipelines.restorer.Restorer` feeds it as one clip):
 
 - :class:`DeviceWorker` runs the model in this process (in the pipeline's worker thread) on
   any torch device. On CUDA it stages bytes in pinned host buffers, copies with
@@ -103,7 +104,7 @@ class DeviceWorker:   # implements Worker
                                  precision=precision)
         self.cuda = self.device.type == "cuda"
         self.depth = max(1, depth)
-        self._free: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
+        self._free: Dict[Tuple[Tuple[int, ...], torch.dtype], List[torch.Tensor]] = {}
         self.counters = WorkerCounters()
 
     @property
@@ -145,10 +146,10 @@ class DeviceWorker:   # implements Worker
         started, fallbacks = time.perf_counter(), fallback_count()
         try:
             host = torch.from_numpy(item.data)
-            staging = self._take(tuple(host.shape))
+            staging = self._take(tuple(host.shape), host.dtype)
             staging.copy_(host)
-            restored = self.restorer.restore_uint8(staging.to(self.device, non_blocking=True))
-            output = self._take(tuple(restored.shape))
+            restored = self.restorer.restore_pixels(staging.to(self.device, non_blocking=True))
+            output = self._take(tuple(restored.shape), restored.dtype)
             output.copy_(restored, non_blocking=True)
             done = None
             if self.cuda:
@@ -172,12 +173,12 @@ class DeviceWorker:   # implements Worker
         # Copy out of the host buffer before it is reused for another item.
         image = flight.output.numpy().copy()
         for buf in flight.buffers:
-            self._free.setdefault(tuple(buf.shape), []).append(buf)
+            self._free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
         return WorkResult(flight.item, image)
 
-    def _take(self, shape: Tuple[int, ...]) -> torch.Tensor:
-        free = self._free.get(shape)
+    def _take(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        free = self._free.get((shape, dtype))
         if free:
             return free.pop()
-        return torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
+        return torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
 

@@ -168,7 +168,7 @@ class LiveSource(VideoSource):
                             if info is None:
                                 info = self._info(container, stream, vf)
                                 timeline = Timeline(info.time_base, info.average_rate)
-                                fixed = FixedSize(info.width, info.height, self.spec.shown)
+                                fixed = FixedSize(info.width, info.height, self.spec.shown, info.pix_fmt)
                                 self._put(_Info(info))
                             elif lost_at is not None:
                                 away = time.monotonic() - lost_at
@@ -178,7 +178,9 @@ class LiveSource(VideoSource):
                                             "a gap there", self.spec.shown, away, self.reconnects)
                             lost_at, tries = None, 0
                             pts = timeline(vf.pts, vf.time_base or stream.time_base)
-                            if not self._offer(Frame(index, pts, info.time_base, fixed(vf), arrived=arrived)):
+                            alpha = fixed.alpha(vf) if info.alpha_bits else None
+                            if not self._offer(Frame(index, pts, info.time_base, fixed(vf), arrived=arrived,
+                                                     alpha=alpha)):
                                 return
                             index += 1
                     finally:

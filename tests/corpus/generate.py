@@ -30,6 +30,8 @@ class Expect:
     error: Optional[str] = None                # a phrase of the one error line (code != 0)
     warning: Optional[str] = None              # a phrase of a warning line (code == 0)
     audio_seconds: Optional[float] = None      # at least this much audio in the output
+    pix_fmt: Optional[str] = None              # the output's pixel format (ffprobe)
+    color_trc: Optional[str] = None            # the output's transfer tag (ffprobe)
     note: str = ""
 
 
@@ -155,6 +157,29 @@ def _huge_header(directory: Path) -> Path:
     return declare_huge_frames(directory / "huge-header.mkv", 16000)
 
 
+# A 10-bit luma ramp (64 + 3x + y: about 830 levels at 256x64, more than 8 bits can hold).
+GRADIENT_10 = "nullsrc=s=256x64:r=12:d=1,format=yuv420p10le,geq=lum='64+X*3+Y':cb=512:cr=512"
+# Transfer names (ffmpeg -color_trc) of the two HDR systems: PQ and HLG.
+HDR_TRC = {"pq": "smpte2084", "hlg": "arib-std-b67"}
+
+
+def hdr_hevc(path: Path, trc: str = "smpte2084") -> Path:
+    """A 10-bit HEVC gradient tagged BT.2020 (primaries, matrix), limited range, transfer ``trc``."""
+    ffmpeg("-f", "lavfi", "-i", GRADIENT_10, "-c:v", "libx265", "-pix_fmt", "yuv420p10le", "-x265-params",
+           "log-level=none:crf=4", "-color_primaries", "bt2020", "-colorspace", "bt2020nc", "-color_trc", trc,
+           "-color_range", "tv", str(path))
+    return path
+
+
+def prores_alpha(path: Path) -> Path:
+    """ProRes 4444 with an alpha plane that varies (a gradient), so that keeping it means something."""
+    ramp = f"nullsrc=s={SIZE}:r={RATE}:d={SECONDS},format=gray10le,geq=lum='X*12+Y*4'"   # the same every run
+    ffmpeg(*_src(), "-f", "lavfi", "-i", ramp,
+           "-filter_complex", "[1]format=gray10le[a];[0]format=yuv444p10le[v];[v][a]alphamerge",
+           "-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le", str(path))
+    return path
+
+
 def _directory(directory: Path) -> Path:
     out = directory / "a-folder.mp4"
     out.mkdir()
@@ -205,12 +230,15 @@ CASES: List[Case] = [
     Case("anamorphic", _made("anamorphic.mkv", *_src(), "-vf", "setsar=4/3", "-c:v", "ffv1"), OK),
     Case("vp9-webm", _made("vp9.webm", *_src(), "-c:v", "libvpx-vp9", "-deadline", "realtime"), OK),
     Case("hevc-mkv", _made("hevc.mkv", *_src(), "-c:v", "libx265", "-x265-params", "log-level=none"), OK),
-    Case("hevc-10-bit", _made("hevc10.mkv", *_src(), "-c:v", "libx265", "-pix_fmt", "yuv420p10le", "-x265-params",
-         "log-level=none"), Expect(0, "ffprobe", warning="written at 8 bits",
-         note="restored at 8 bits, with a warning (10-bit output: not yet)")),
-    Case("prores-4444-alpha", _made("alpha.mov", *_src(), "-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt",
-         "yuva444p10le"), Expect(0, "ffprobe", warning="alpha channel is dropped",
-         note="restored without its alpha, with a warning (keeping alpha: not yet)")),
+    Case("hevc-10-bit-pq", lambda d: hdr_hevc(d / "pq.mkv", HDR_TRC["pq"]),
+         Expect(0, "ffprobe", pix_fmt="yuv420p10le", color_trc="smpte2084",
+                note="restored and written at 10 bits (the codec's 10-bit format), BT.2020/PQ tags kept")),
+    Case("hevc-10-bit-hlg", lambda d: hdr_hevc(d / "hlg.mkv", HDR_TRC["hlg"]),
+         Expect(0, "ffprobe", pix_fmt="yuv420p10le", color_trc="arib-std-b67",
+                note="the same, BT.2020/HLG tags kept")),
+    Case("prores-4444-alpha", lambda d: prores_alpha(d / "alpha.mov"),
+         Expect(0, "ffprobe", pix_fmt="yuv420p10le", warning="alpha channel is dropped",
+                note="alpha kept where the output codec holds it (prores_ks, ffv1); otherwise one warning")),
     Case("av1-mkv", _made("av1.mkv", *_src(), "-c:v", "libaom-av1", "-cpu-used", "8"), OK),
     Case("mpeg2-ts-with-audio", _made("broadcast.ts", *_src(), *_tone(), "-c:v", "mpeg2video", "-c:a", "mp2"), OK),
     Case("raw-h264-no-timestamps", _made("raw.h264", *_src(), *X264, "-f", "h264"),
@@ -223,6 +251,13 @@ CASES: List[Case] = [
 
 def by_name() -> Dict[str, Case]:
     return {case.name: case for case in CASES}
+
+
+def ffprobe_video(path: Path) -> Dict[str, str]:
+    """ffprobe's description of the first video stream (codec, pix_fmt, color_* tags)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json",
+                          str(path)], capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out)["streams"][0]
 
 
 def ffprobe_frames(path: Path) -> int:

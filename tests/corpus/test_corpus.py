@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import pytest
 
-from corpus.generate import CASES, Case, ffprobe_frames
+from corpus.generate import CASES, Case, ffprobe_frames, ffprobe_video
 
 pytestmark = pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("ffprobe")),
                                 reason="the corpus is made with the ffmpeg program")
@@ -51,3 +51,8 @@ def test_corpus_case(case: Case, tmp_path: Path):
         assert float(last * audio.time_base) >= expect.audio_seconds
     wanted = ffprobe_frames(source) if expect.frames == "ffprobe" else expect.frames
     assert wanted and decoded == wanted
+    written = ffprobe_video(out)
+    if expect.pix_fmt:
+        assert written["pix_fmt"] == expect.pix_fmt, written
+    if expect.color_trc:
+        assert written.get("color_transfer") == expect.color_trc, written
