@@ -29,7 +29,8 @@ Listener = Callable[[], None]
 
 @dataclass(frozen=True)
 class Posted:
-    """One frame as the writer posted it: the decoded input and its restored result (RGB, uint8 HWC)."""
+    """One frame as the writer posted it: the decoded input and its restored result (RGB HWC,
+    uint8, or uint16 for a high-bit-depth input)."""
 
     version: int
     index: int
@@ -100,7 +101,9 @@ class JpegEncoder:
         if picture.shape[:2] != self.source_size:
             raise ValueError(f"picture is {picture.shape[1]}x{picture.shape[0]}, encoder was made for "
                              f"{self.source_size[1]}x{self.source_size[0]}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+        # 8-bit pictures, or 16-bit ones from a high-bit-depth input (shown at 8 bits: JPEG's)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture),
+                                           format="rgb24" if picture.dtype == np.uint8 else "rgb48le")
         frame = frame.reformat(width=self.width, height=self.height, format="yuvj420p")
         frame.pts, self._pts = self._pts, self._pts + 1
         packets = self._codec.encode(frame)

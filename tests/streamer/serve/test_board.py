@@ -67,3 +67,10 @@ def test_odd_sized_pictures_are_shown_at_an_even_size():
 def test_encoder_refuses_another_size():
     with pytest.raises(ValueError, match="encoder was made for"):
         JpegEncoder(16, 16).encode(gradient(16, 32))
+
+
+def test_sixteen_bit_pictures_are_shown_too():
+    """A high-bit-depth input's frames are uint16 RGB: shown at JPEG's 8 bits."""
+    picture = gradient(64, 96)
+    decoded = decode_jpeg(JpegEncoder(64, 96).encode(picture.astype(np.uint16) * 257))
+    assert psnr(decoded, picture) > 28
