@@ -41,6 +41,8 @@ class FrameSink(Protocol):
 
     def abort(self, keep_partial: bool = False) -> Optional[str]: ...
 
+    def align_audio(self, timeline_s: float, output_s: float) -> None: ...
+
 
 def no_signal_image(height: int, width: int) -> np.ndarray:
     """A dark grey picture with a light "no entry" glyph (a ring and a bar) in the middle: drawn
@@ -164,6 +166,8 @@ class ClockedWriter:
                     image = self._stub_for(last.image)
                     self.frames_stub += 1
                 tick = due
+                if item is not None and item.pts is not None:   # the input's audio follows the clock
+                    self.sink.align_audio(float(item.pts * item.time_base), float(tick * self.time_base))
                 index = last.index if item is None else item.index
                 self.sink.write(Frame(index=index, pts=tick, time_base=self.time_base, image=image))
         except BaseException as err:   # the producer re-raises it

@@ -45,12 +45,14 @@ def process(args: List[str]) -> Iterator[subprocess.Popen]:
 
 
 def sender(output: List[str], seconds: float, size: str = "160x120", rate: int = 25, fmt: str = "mpegts",
-           extra_input: Optional[List[str]] = None) -> List[str]:
-    """``ffmpeg -re`` encoding a test pattern as H.264 (zerolatency, a keyframe a second) to ``output``."""
+           extra_input: Optional[List[str]] = None, audio: Optional[str] = None) -> List[str]:
+    """``ffmpeg -re`` encoding a test pattern as H.264 (zerolatency, a keyframe a second) to ``output``;
+    with ``audio`` (an encoder: aac, libopus, mp2) a 440 Hz sine too."""
+    sound = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"] if audio else []
     return [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
-            "-i", f"testsrc2=size={size}:rate={rate}", *(extra_input or []), "-t", str(seconds),
+            "-i", f"testsrc2=size={size}:rate={rate}", *sound, *(extra_input or []), "-t", str(seconds),
             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(rate),
-            "-pix_fmt", "yuv420p", "-f", fmt, *output]
+            "-pix_fmt", "yuv420p", *(["-c:a", audio] if audio else []), "-f", fmt, *output]
 
 
 def live_run(input: str, output: str, frames: int, seconds: float = 30.0,
