@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -155,7 +156,9 @@ class LiveAudioMux:
         assert feed.stream is not None, "an audio feed without a template"
         self._feed = feed
         self._output = output
-        self._out = add_audio(feed.stream, output)   # a copy, a Reencode or None (dropped)
+        name = str(output.name)
+        kind = f"{os.path.splitext(name)[1]} file" if "://" not in name and os.path.splitext(name)[1] else None
+        self._out = add_audio(feed.stream, output, kind)   # a copy, a Reencode or None (dropped)
         # Output seconds = feed seconds + offset. A file's video keeps the feed's timeline (0); a
         # clocked network output re-stamps the video with its own clock (:meth:`align`).
         self._offset = 0.0

@@ -51,14 +51,17 @@ pytestmark = [needs_ffmpeg, pytest.mark.skipif(FFPROBE is None, reason="needs th
 
 
 @pytest.mark.parametrize("audio, suffix, codec", [("aac", ".mp4", "aac"), ("aac", ".ts", "aac"),
-                                                  ("libopus", ".mkv", "opus"), ("mp2", ".mkv", "mp2")])
-def test_live_audio_is_copied_into_a_file_with_the_video(tmp_path, audio, suffix, codec):
+                                                  ("libopus", ".mkv", "opus"), ("mp2", ".mkv", "mp2"),
+                                                  ("libopus", ".mov", "aac")])   # MOV takes no Opus
+def test_live_audio_goes_into_a_file_with_the_video(tmp_path, caplog, audio, suffix, codec):
     port = free_port(socket.SOCK_DGRAM)
     out = tmp_path / f"out{suffix}"
     with udp_sender(port, audio):
         stats = live_run(f"udp://127.0.0.1:{port}", str(out), frames=50, seconds=25)
     assert stats.frames_out >= 50
-    assert stream_types(out) == [("audio", codec), ("video", "h264")]   # copied, not re-encoded
+    assert stream_types(out) == [("audio", codec), ("video", "h264")]   # copied where the container takes it
+    reencoded = "opus audio cannot go into a .mov file: audio stream 0 re-encoded as aac" in caplog.text
+    assert reencoded == (suffix == ".mov"), caplog.text
     times = packet_times(out)
     assert all(b > a for a, b in zip(times["audio"], times["audio"][1:]))
     (v0, v1), (a0, a1) = spans(out)["video"], spans(out)["audio"]
