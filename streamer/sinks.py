@@ -5,7 +5,7 @@ output pts are the input pts, rescaled to the output stream's time base), the co
 (range, matrix, primaries, transfer), the display matrix and pixel shape, and, through
 :mod:`streamer.passthrough`, the audio (copied packet for packet, re-encoded only where the
 container cannot hold the codec) and subtitle streams, interleaved with the video by time, with
-the container's and streams' tags.
+the container's and streams' tags; a live input's audio comes through :mod:`streamer.live.audio`.
 
 The file is written under a hidden temporary name in the output's directory and renamed over
 the output only once it is complete, so an interrupted run never leaves a broken file under the

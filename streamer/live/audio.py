@@ -200,6 +200,9 @@ class LiveAudioMux:
         if isinstance(self._out, Reencode):
             for encoded in self._out.flush():
                 self._output.mux(encoded)
+            if self._out.damaged:
+                log.warning("%s: %d damaged audio packet(s) could not be decoded and were skipped",
+                            self._feed.shown, self._out.damaged)
         lost = self._feed.overwritten
         if lost:
             log.warning("%s: %d audio packet(s) dropped: the output fell more than %d packets behind the input",

@@ -104,7 +104,7 @@ class LiveSource(VideoSource):
         self.stall_timeout, self.reconnect_limit = stall_timeout, reconnect
         self._opener = opener
         self._feed = AudioFeed(spec.shown)   # the input's first audio stream, as it is demuxed
-        self._timeline: Optional[Timeline] = None   # (the demux thread's)
+        self._timeline: Optional[Timeline] = None   # the demux thread's, once the first frame came
         self._handoff: "queue.Queue[_Message]" = queue.Queue(maxsize=HANDOFF_FRAMES)
         self._quit = threading.Event()
         self._thread = threading.Thread(target=self._demux, name="live-demux", daemon=True)
@@ -182,7 +182,7 @@ class LiveSource(VideoSource):
                         stream.thread_type = "SLICE"   # (see PyAVSource: frame threads lose frames)
                         audio = container.streams.audio[0] if container.streams.audio else None
                         self._feed.start(audio)
-                        for vf in self._decoded(container, stream, audio, timeline):
+                        for vf in self._decoded(container, stream, audio):
                             arrived = time.monotonic()
                             if info is None:
                                 info = self._info(container, stream, vf)
@@ -237,9 +237,8 @@ class LiveSource(VideoSource):
                 raise UsageError(f"cannot read {self.spec.shown} as a video: {describe_av_error(err)}") from None
             raise self._lost(err, f"opening failed ({describe_av_error(err)})") from None
 
-    def _decoded(self, container, stream, audio, timeline: Optional[Timeline]) -> Iterator["av.VideoFrame"]:
+    def _decoded(self, container, stream, audio) -> Iterator["av.VideoFrame"]:
         """Video frames; audio packets go to the feed (placed on the timeline once it exists)."""
-        self._timeline = timeline
         demux = container.demux(*(s for s in (stream, audio) if s is not None))
         while True:
             try:
