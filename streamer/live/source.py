@@ -48,6 +48,8 @@ BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 8.0
 DROP_POLICIES = ("oldest", "newest", "none")
 HANDOFF_FRAMES = 2        # decoded frames waiting for the pipeline: what bounds this stage's latency
+# FFmpeg reads RTP without a description only for static payload types (MPEG-TS: 33).
+_RTP_HINT = " (RTP other than MPEG-TS needs the SDP file that describes it: give FILE.sdp as INPUT)"
 _POLL_S = 0.05            # how often a waiting side looks at the stop flag
 
 # av.open(spec.target, format=..., options=..., timeout=...) -> an input container. Tests of the
@@ -234,7 +236,9 @@ class LiveSource(VideoSource):
                              ) from None
         except (av.FFmpegError, OSError) as err:
             if first and not _is_network_error(err):
-                raise UsageError(f"cannot read {self.spec.shown} as a video: {describe_av_error(err)}") from None
+                raise UsageError(f"cannot read {self.spec.shown} as a video: {describe_av_error(err)}"
+                                 f"{_RTP_HINT if self.spec.scheme == 'rtp' and self.spec.format is None else ''}"
+                                 ) from None
             raise self._lost(err, f"opening failed ({describe_av_error(err)})") from None
 
     def _decoded(self, container, stream, audio) -> Iterator["av.VideoFrame"]:

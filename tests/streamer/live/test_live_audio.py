@@ -186,3 +186,31 @@ def test_the_audio_ring_is_bounded_and_never_blocks(tmp_path):
     taken = feed.take(math.inf)
     assert len(taken) == 8 and all(b.seconds > a.seconds for a, b in zip(taken, taken[1:]))
     assert bytes(taken[0].packet)[:2] != b"\xff\xf1"   # raw AAC: the ADTS header was filtered off
+
+
+def test_a_clocked_output_keeps_the_audio_increasing_across_a_reconnect(tmp_path):
+    """A network output re-stamps video with its own clock (repeats, "no signal" while the
+    sender is away): the audio follows that clock, increasing, with a gap for the outage."""
+    port_in, port_out = free_port(), free_port(socket.SOCK_DGRAM)
+    received = tmp_path / "received.ts"
+    reader = [FFMPEG, "-hide_banner", "-v", "error", "-i",
+              f"udp://127.0.0.1:{port_out}?timeout=3000000&fifo_size=50000&overrun_nonfatal=1",
+              "-c", "copy", "-y", str(received)]
+    with process(reader) as rx:
+        run = Background(f"tcp://127.0.0.1:{port_in}", f"udp://127.0.0.1:{port_out}", frames=10_000, seconds=30,
+                         listen=True)
+        for _ in range(2):
+            wait_until(lambda: listening(port_in), 15, "the run did not listen (again)")
+            with process(sender([f"tcp://127.0.0.1:{port_in}"], seconds=20, audio="aac")):
+                time.sleep(2.5)
+            time.sleep(1.0)   # away: the clock repeats the last frame meanwhile
+        stats = run.result()
+        rx.wait(timeout=20)
+    assert stats.reconnects == 1 and stats.frames_repeated > 0
+    times = packet_times(received)
+    audio = times["audio"]
+    assert all(b > a for a, b in zip(audio, audio[1:]))
+    gaps = [b - a for a, b in zip(audio, audio[1:])]
+    at = max(range(len(gaps)), key=gaps.__getitem__)
+    assert gaps[at] > 0.5 and at > 20 and len(audio) - at > 20, (gaps[at], at, len(audio))   # two parts
+    assert audio[-1] <= max(times["video"]) + 0.5

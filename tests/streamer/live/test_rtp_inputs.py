@@ -63,6 +63,13 @@ def test_rtp_mpegts_input(tmp_path):
     assert abs(a0 - v0) < 0.5 and abs(a1 - v1) < 0.5, (v0, v1, a0, a1)
 
 
+def test_rtp_h264_without_its_sdp_says_to_give_the_sdp(tmp_path):
+    port = rtp_port()
+    with process(sender([f"rtp://127.0.0.1:{port}"], seconds=20, fmt="rtp")):   # H.264: dynamic payload type
+        with pytest.raises(UsageError, match=r"^cannot read rtp://127\.0\.0\.1:\d+ as a video: .*give FILE\.sdp"):
+            live_run(f"rtp://127.0.0.1:{port}", str(tmp_path / "out.mkv"), frames=5, seconds=20, reconnect=0)
+
+
 def test_sdp_file_input_with_video_and_audio(tmp_path):
     video, audio = rtp_port(), None
     while audio is None or audio in (video, video + 1):
