@@ -2,6 +2,7 @@
 gst-rtsp-server, and a bounded live run through the real pipeline."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+import av
 import pytest
 
 from streamer.options import options_from_mapping
@@ -23,6 +25,29 @@ from toy_models import Identity  # noqa: E402
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg program")
+FFPROBE = shutil.which("ffprobe")
+
+
+def stream_types(path: Path) -> list:
+    """What ffprobe sees in ``path``: its streams' types and codecs."""
+    out = subprocess.run([FFPROBE, "-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json",
+                          str(path)], capture_output=True, text=True, timeout=30, check=True).stdout
+    return sorted((s["codec_type"], s["codec_name"]) for s in json.loads(out)["streams"])
+
+
+def packet_times(path: Path) -> dict:
+    """Per stream type, the start of every packet (seconds, in file order)."""
+    times: dict = {"video": [], "audio": []}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.size and packet.pts is not None and packet.stream.type in times:
+                times[packet.stream.type].append(float(packet.pts * packet.time_base))
+    return times
+
+
+def spans(path: Path) -> dict:
+    """Per stream type present, (first, last) packet start in seconds."""
+    return {kind: (min(t), max(t)) for kind, t in packet_times(path).items() if t}
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

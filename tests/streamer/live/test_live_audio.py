@@ -2,9 +2,7 @@
 sender muxes a sine with the test pattern; the output carries it on the video's timeline."""
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import socket
 import subprocess
 import time
@@ -17,30 +15,8 @@ import pytest
 from streamer.live.audio import AudioFeed
 from streamer.live.timeline import WRAP, Timeline
 
-from live_peers import FFMPEG, Background, free_port, listening, live_run, needs_ffmpeg, process, sender, wait_until
-
-FFPROBE = shutil.which("ffprobe")
-
-
-def stream_types(path: Path) -> list:
-    """What ffprobe sees in ``path``: its streams' types and codecs."""
-    out = subprocess.run([FFPROBE, "-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json",
-                          str(path)], capture_output=True, text=True, timeout=30, check=True).stdout
-    return sorted((s["codec_type"], s["codec_name"]) for s in json.loads(out)["streams"])
-
-
-def packet_times(path: Path) -> dict:
-    """Per stream type, the start of every packet (seconds, in file order)."""
-    times: dict = {"video": [], "audio": []}
-    with av.open(str(path)) as container:
-        for packet in container.demux():
-            if packet.size and packet.pts is not None and packet.stream.type in times:
-                times[packet.stream.type].append(float(packet.pts * packet.time_base))
-    return times
-
-
-def spans(path: Path) -> dict:
-    return {kind: (min(t), max(t)) for kind, t in packet_times(path).items() if t}
+from live_peers import (FFMPEG, FFPROBE, Background, free_port, listening, live_run, needs_ffmpeg, packet_times,
+                        process, sender, spans, stream_types, wait_until)
 
 
 def udp_sender(port: int, audio: str, seconds: float = 20):

@@ -93,6 +93,10 @@ def rtsps_server(tmp_path_factory):
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("needs the openssl program (for a self-signed certificate)")
+    if not _has_gst_rtsp_server() or subprocess.run(
+            [GST_PYTHON, "-c", "from gi.repository import Gio; assert Gio.TlsBackend.get_default().supports_tls()"],
+            capture_output=True, timeout=30).returncode:
+        pytest.skip("needs gst-rtsp-server and GLib's TLS backend (glib-networking)")
     folder = tmp_path_factory.mktemp("tls")
     key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",

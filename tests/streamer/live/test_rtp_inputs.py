@@ -10,8 +10,7 @@ import pytest
 from streamer.errors import UsageError
 from streamer.live.specs import InputSettings, parse_input
 
-from live_peers import live_run, needs_ffmpeg, process, sender, wait_until
-from test_live_audio import spans
+from live_peers import live_run, needs_ffmpeg, process, sender, spans, wait_until
 
 pytestmark = needs_ffmpeg
 
