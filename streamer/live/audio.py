@@ -108,6 +108,8 @@ class AudioFeed:
                 log.warning("%s: the audio changed to %s after a reconnect (it was %s): no audio from now on",
                             self.shown, stream.codec_context.name, self.stream.codec_context.name)
             return
+        if self.template is None and self.described.is_set():
+            return   # (it could not be described: said once)
         self._stream = stream
         if _is_adts(stream):
             self._bsf = BitStreamFilterContext("aac_adtstoasc", stream)
@@ -117,13 +119,25 @@ class AudioFeed:
         if self._stream is None or not packet.size:
             return
         if self.template is None:
-            self.template = _template(self._stream, _copy(packet))   # (muxing takes the packet it gets)
+            try:
+                self.template = _template(self._stream, _copy(packet))   # (muxing takes the packet it gets)
+            except (av.FFmpegError, ValueError) as err:   # audio is never worth the video: go on without
+                log.warning("%s: %s audio cannot be passed through (%s): the output has no audio",
+                            self.shown, self._stream.codec_context.name, err)
+                self._stream = None
             self.described.set()
+            if self._stream is None:
+                return
         placed = timeline.place(packet.pts, packet.time_base) if timeline is not None else None
         if placed is None or placed <= self._last:
             self.skipped += 1
             return
-        for out in (self._bsf.filter(packet) if self._bsf is not None else [packet]):
+        try:
+            filtered = self._bsf.filter(packet) if self._bsf is not None else [packet]
+        except av.FFmpegError:   # a damaged ADTS header: this packet is lost, the next one heals
+            self.skipped += 1
+            return
+        for out in filtered:
             if out.has_sidedata("new_extradata"):   # (the template has it; muxers would write it twice)
                 out = _copy(out)
             if len(self._queue) == self._queue.maxlen:
@@ -163,7 +177,7 @@ class LiveAudioMux:
         # clocked network output re-stamps the video with its own clock (:meth:`align`).
         self._offset = 0.0
         self._aligned = False
-        self._last: Optional[int] = None
+        self._last = float("-inf")   # output seconds of the last packet muxed (time bases may change)
         self._finished = False
 
     def align(self, timeline_s: float, output_s: float) -> None:
@@ -178,13 +192,12 @@ class LiveAudioMux:
             self._feed.take(float("inf"))   # dropped: keep the ring from holding stale packets
             return
         for item in self._feed.take(seconds - self._offset):
-            packet = item.packet
-            pts = round(Fraction(item.seconds + self._offset) / packet.time_base)
-            if pts < 0 or (self._last is not None and pts <= self._last):
+            packet, seconds = item.packet, item.seconds + self._offset
+            if seconds < 0 or seconds <= self._last:   # (a re-anchored clock stepped back: never overlap)
                 self._feed.skipped += 1
                 continue
-            self._last = pts
-            packet.pts = packet.dts = pts
+            self._last = seconds
+            packet.pts = packet.dts = round(Fraction(seconds) / packet.time_base)
             if isinstance(self._out, Reencode):
                 for encoded in self._out.packets(packet):
                     self._output.mux(encoded)

@@ -132,7 +132,7 @@ class LiveSource(VideoSource):
             log.warning("%s: no audio packet within %g s of the first video frame: the output has no audio",
                         self.spec.shown, AUDIO_WAIT_S)
             return None
-        return feed
+        return feed if feed.stream is not None else None   # (None: it could not be described, said so)
 
     @property
     def streams_from(self) -> None:

@@ -190,3 +190,22 @@ def test_a_clocked_output_keeps_the_audio_increasing_across_a_reconnect(tmp_path
     at = max(range(len(gaps)), key=gaps.__getitem__)
     assert gaps[at] > 0.5 and at > 20 and len(audio) - at > 20, (gaps[at], at, len(audio))   # two parts
     assert audio[-1] <= max(times["video"]) + 0.5
+
+
+def test_a_damaged_adts_packet_is_skipped_not_fatal(tmp_path):
+    path = _ts_with_audio(tmp_path / "a.ts")
+    timeline = Timeline(TS, Fraction(25))
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        packets = [p for p in container.demux(stream) if p.size][:10]
+        timeline(packets[0].pts, TS)
+        feed = AudioFeed("test")
+        feed.start(stream)
+        for packet in packets[:5]:
+            feed.offer(packet, timeline)
+        damaged = av.Packet(b"\0" * 64)   # no ADTS header: FFmpeg's filter refuses it
+        damaged.pts, damaged.time_base = packets[5].pts - 1, TS
+        feed.offer(damaged, timeline)
+        for packet in packets[5:]:
+            feed.offer(packet, timeline)
+    assert feed.skipped == 1 and len(feed.take(math.inf)) == 10   # every good one, in order
