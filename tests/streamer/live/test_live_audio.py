@@ -44,6 +44,24 @@ def test_live_audio_goes_into_a_file_with_the_video(tmp_path, caplog, audio, suf
     assert v0 < 0.5 and abs(a0 - v0) < 0.5 and abs(a1 - v1) < 0.5, (v0, v1, a0, a1)   # same timeline
 
 
+@pytest.mark.parametrize("proto, fmt", [("rtsp", "rtsp"), ("rtmp", "flv")])
+def test_audio_of_a_push_to_a_listening_run(tmp_path, proto, fmt):
+    """An encoder pushing video and AAC to ``--listen`` (RTP's and FLV's AAC, not MPEG-TS's ADTS)."""
+    port = free_port()
+    url = f"{proto}://127.0.0.1:{port}/live/x"
+    out = tmp_path / "out.mkv"
+    run = Background(url, str(out), frames=40, seconds=30, listen=True)
+    wait_until(lambda: listening(port), 10, "the run never listened")
+    transport = ["-rtsp_transport", "tcp"] if proto == "rtsp" else []
+    with process(sender([*transport, url], seconds=20, fmt=fmt, audio="aac")):
+        wait_until(lambda: run.stats is not None or run.error is not None, 30, "no frames")
+    stats = run.result()
+    assert stats.frames_out >= 40
+    assert stream_types(out) == [("audio", "aac"), ("video", "h264")]
+    (v0, v1), (a0, a1) = spans(out)["video"], spans(out)["audio"]
+    assert abs(a0 - v0) < 0.5 and abs(a1 - v1) < 0.5, (v0, v1, a0, a1)
+
+
 def test_duration_cuts_the_audio_with_the_video(tmp_path):
     port = free_port(socket.SOCK_DGRAM)
     out = tmp_path / "out.mkv"
