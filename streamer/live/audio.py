@@ -40,7 +40,9 @@ from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-AUDIO_WAIT_S = 1.0           # how long after the first video frame the first audio packet may come
+# How long after the first video frame the first audio packet may come (measured: 0-40 ms for
+# ffmpeg's MPEG-TS sender over UDP, with AAC, Opus or MP2; the wait is only for a late one).
+AUDIO_WAIT_S = 1.0
 AUDIO_QUEUE_PACKETS = 1024   # ~21 s of 48 kHz AAC (1024 samples a packet), 20 s of 20 ms Opus
 ALIGN_SLACK_S = 1.0          # a clocked output re-anchors audio when it is off by more than this
 
