@@ -180,6 +180,7 @@ class LiveAudioMux:
         self._offset = 0.0
         self._aligned = False
         self._last = float("-inf")   # output seconds of the last packet muxed (time bases may change)
+        self._start: Optional[float] = None   # where the video starts: no sound before its first picture
         self._finished = False
 
     def align(self, timeline_s: float, output_s: float) -> None:
@@ -189,13 +190,18 @@ class LiveAudioMux:
             self._offset, self._aligned = offset, True
 
     def mux_until(self, seconds: float) -> None:
-        """Mux every queued packet that starts before ``seconds`` (output time)."""
+        """Mux every queued packet that starts before ``seconds`` (output time: the sink calls this
+        with each video packet's, so the first call says where the video starts)."""
+        if self._start is None:
+            self._start = seconds
         if self._out is None:
             self._feed.take(float("inf"))   # dropped: keep the ring from holding stale packets
             return
         for item in self._feed.take(seconds - self._offset):
             packet, seconds = item.packet, item.seconds + self._offset
-            if seconds < 0 or seconds <= self._last:   # (a re-anchored clock stepped back: never overlap)
+            # (before the first picture: frames that came while the run started were dropped;
+            # not after the last packet: a re-anchored clock stepped back, never overlap)
+            if seconds < self._start or seconds <= self._last:
                 self._feed.skipped += 1
                 continue
             self._last = seconds
