@@ -26,7 +26,7 @@ import io
 import logging
 import os
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Union
 
 import av
 
@@ -40,6 +40,8 @@ MPEGTS_CODECS = {"h264", "hevc", "mpeg2video", "mpeg4", "aac", "mp2", "mp3", "ac
 # Audio encoder for streams that cannot be copied, per muxer, and its bit rate per channel.
 _REENCODE_TO = {"webm": "libopus", "matroska": "libopus", "nut": "libopus"}   # else "aac"
 _BITS_PER_CHANNEL = {"libopus": 64_000, "aac": 96_000}
+# Muxers that write to the network in their header: asked through the muxer of their payload.
+_PROBE_AS = {"rtsp": "rtp"}
 
 
 def muxer_takes(format_name: str, stream: "av.stream.Stream") -> bool:
@@ -47,7 +49,7 @@ def muxer_takes(format_name: str, stream: "av.stream.Stream") -> bool:
     codec = stream.codec_context.codec
     if format_name == "mpegts":
         return codec is not None and codec.canonical_name in MPEGTS_CODECS
-    probe = av.open(io.BytesIO(), "w", format=format_name)
+    probe = av.open(io.BytesIO(), "w", format=_PROBE_AS.get(format_name, format_name))
     try:
         probe.add_stream_from_template(stream)
         probe.start_encoding()
@@ -70,7 +72,7 @@ def _encoder_rate(codec: "av.Codec", rate: int) -> int:
     return higher[0] if higher else rates[-1]
 
 
-class _Reencode:
+class Reencode:
     """Decode one input audio stream and encode it into ``output`` with ``encoder``."""
 
     def __init__(self, source: "av.stream.Stream", output: "av.container.OutputContainer", encoder: str) -> None:
@@ -125,6 +127,27 @@ def _codec_name(stream: "av.stream.Stream") -> str:
     return codec.canonical_name if codec is not None else stream.codec_context.name
 
 
+def add_audio(stream: "av.stream.Stream", output: "av.container.OutputContainer",
+              kind: Optional[str] = None) -> Union["av.stream.Stream", Reencode, None]:
+    """An output stream for ``stream`` in ``output``: a copy where the muxer takes the codec,
+    else a :class:`Reencode` (with a warning), else None (dropped, with a warning). ``kind``
+    names the output in the warnings (".mov file"; default: the muxer's name)."""
+    container = output.format.name
+    kind = kind or f"{container} output"
+    name = _codec_name(stream)
+    if muxer_takes(container, stream):
+        return output.add_stream_from_template(stream)
+    codec = stream.codec_context.codec
+    if codec is None or not codec.is_decoder:
+        log.warning("%s audio cannot go into a %s and cannot be decoded: audio stream %d "
+                    "dropped", name, kind, stream.index)
+        return None
+    reencode = Reencode(stream, output, _REENCODE_TO.get(container, "aac"))
+    log.warning("%s audio cannot go into a %s: audio stream %d re-encoded as %s "
+                "(choose .mkv to copy it unchanged)", name, kind, stream.index, reencode.description)
+    return reencode
+
+
 class Passthrough:
     """Audio, subtitles and tags of the input file ``source`` into ``output``, whose video
     stream is ``video``; see the module docstring."""
@@ -134,7 +157,7 @@ class Passthrough:
         self._output = output
         self._input = av.open(source)
         self._copies: Dict[int, "av.stream.Stream"] = {}
-        self._reencodes: Dict[int, _Reencode] = {}
+        self._reencodes: Dict[int, Reencode] = {}
         container = output.format.name
         kind = os.path.splitext(str(output.name))[1] or f".{container}"   # what the user typed
         copy_tags(self._input, output)
@@ -142,7 +165,7 @@ class Passthrough:
             copy_tags(self._input.streams.video[0], video)
         for stream in self._input.streams:
             if stream.type == "audio":
-                self._add_audio(stream, container, kind)
+                self._add_audio(stream, kind)
             elif stream.type == "subtitle":
                 if muxer_takes(container, stream):
                     self._copies[stream.index] = output.add_stream_from_template(stream)
@@ -160,20 +183,12 @@ class Passthrough:
         self._pending: Optional["av.Packet"] = None
         self._finished = False
 
-    def _add_audio(self, stream: "av.stream.Stream", container: str, kind: str) -> None:
-        name = _codec_name(stream)
-        if muxer_takes(container, stream):
-            self._copies[stream.index] = self._output.add_stream_from_template(stream)
-            return
-        codec = stream.codec_context.codec
-        if codec is None or not codec.is_decoder:
-            log.warning("%s audio cannot go into a %s file and cannot be decoded: audio stream %d "
-                        "dropped", name, kind, stream.index)
-            return
-        reencode = _Reencode(stream, self._output, _REENCODE_TO.get(container, "aac"))
-        self._reencodes[stream.index] = reencode
-        log.warning("%s audio cannot go into a %s file: audio stream %d re-encoded as %s "
-                    "(choose .mkv to copy it unchanged)", name, kind, stream.index, reencode.description)
+    def _add_audio(self, stream: "av.stream.Stream", kind: str) -> None:
+        added = add_audio(stream, self._output, f"{kind} file")
+        if isinstance(added, Reencode):
+            self._reencodes[stream.index] = added
+        elif added is not None:
+            self._copies[stream.index] = added
 
     @staticmethod
     def _seconds(packet: "av.Packet") -> float:

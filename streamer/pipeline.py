@@ -58,6 +58,7 @@ from .serve import FrameBoard, check_serve, open_view
 from .sinks import NoOutput, VideoSink, check_output_path
 from .live.clocked import ClockedWriter, FrameSink
 from .live.inputs import open_input
+from .live.source import LiveSource
 from .sources import PyAVSource, VideoSource
 from .windows import Cutter, Stitcher, queue_items, whole_frames_if_they_fit, window_settings
 from .workers import Worker
@@ -408,7 +409,9 @@ class Run:
         else:
             sink = VideoSink(self.output, source.info, width * (2 if opts.compare else 1), height, settings,
                              streams_from=source.streams_from if opts.copy_streams else None,
-                             live=source.info.live or opts.live_output)
+                             live=source.info.live or opts.live_output,
+                             live_audio=source.audio() if isinstance(source, LiveSource) and opts.copy_streams
+                             else None)
             # A network output keeps its clock while no frame comes (repeats, then "no signal").
             self.sink = ClockedWriter(sink, source.info.average_rate, opts.stub_after) \
                 if sink.spec.always_on else sink

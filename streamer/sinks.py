@@ -8,7 +8,7 @@ are converted straight to the 10-bit format, and the alpha plane is copied into 
 not restored), the display matrix and pixel shape, and, through
 :mod:`streamer.passthrough`, the audio (copied packet for packet, re-encoded only where the
 container cannot hold the codec) and subtitle streams, interleaved with the video by time, with
-the container's and streams' tags.
+the container's and streams' tags; a live input's audio comes through :mod:`streamer.live.audio`.
 
 The file is written under a hidden temporary name in the output's directory and renamed over
 the output only once it is complete, so an interrupted run never leaves a broken file under the
@@ -27,7 +27,7 @@ import secrets
 from collections import deque
 from dataclasses import replace
 from fractions import Fraction
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Tuple, Union
 
 import av
 
@@ -36,6 +36,7 @@ from .avutil import describe_av_error, display_path, missing_protocol
 from .encoding import EncoderSettings, choose_pix_fmt, encoder_options, video_encoder, what_is_lost
 from .errors import ProcessingError, UsageError
 from .frames import Frame, VideoInfo
+from .live.audio import AudioFeed, LiveAudioMux
 from .live.outputs import OutputSpec, parse_output
 from .pixfmt import alpha_bits, convert_alpha_bits, resize_nearest, write_alpha
 from .sources import PtsRepair
@@ -144,7 +145,7 @@ class VideoSink:
 
     def __init__(self, path: str, info: VideoInfo, width: int, height: int,
                  settings: EncoderSettings = EncoderSettings(), streams_from: Optional[str] = None,
-                 live: Optional[bool] = None) -> None:
+                 live: Optional[bool] = None, live_audio: Optional[AudioFeed] = None) -> None:
         check_output_path(path, streams_from)   # streams_from is the input: never write over it
         self.path = os.fspath(path)
         # A network URL or "-" is written to directly (nothing to rename) and always live.
@@ -155,7 +156,7 @@ class VideoSink:
         self.settings = settings
         self.frames_written = 0
         self._done: Optional[Tuple[str, Optional[str]]] = None   # ("closed"|"aborted", kept path)
-        self._passthrough: Optional[Passthrough] = None
+        self._passthrough: Union[Passthrough, LiveAudioMux, None] = None
         self._last_end = 0.0        # seconds: where the last written frame ends
         self._temp = temp_path(self.path) if self.spec.kind == "file" else self.spec.target
         self._output: Optional["av.container.OutputContainer"] = None
@@ -212,6 +213,8 @@ class VideoSink:
                     setattr(cc, attr, value)
             if streams_from is not None:
                 self._passthrough = Passthrough(streams_from, self._output, self._video)
+            elif live_audio is not None:   # a live input's audio, as its demux thread reads it
+                self._passthrough = LiveAudioMux(live_audio, self._output)
             # Write the header now: a codec that refuses these settings fails here, before
             # any frame has been processed (and a network output connects to its peer).
             self._start()
@@ -273,6 +276,12 @@ class VideoSink:
         self.frames_written += 1
         self._last_end = float((pts + self._pts.step) * self.time_base)
 
+    def align_audio(self, timeline_s: float, output_s: float) -> None:
+        """A clocked writer re-stamped the frame at ``timeline_s`` (the input's timeline) to
+        ``output_s``: a live input's audio follows (see :class:`LiveAudioMux`)."""
+        if isinstance(self._passthrough, LiveAudioMux):
+            self._passthrough.align(timeline_s, output_s)
+
     def _mux_pending(self) -> None:
         # Encoded packets wait in a queue until muxed, so a KeyboardInterrupt between two
         # packets loses none of them: abort(keep_partial=True) muxes the rest.
@@ -293,7 +302,9 @@ class VideoSink:
             self.abort()
             raise ProcessingError(f"no frames were written: {self._shown} not created")
         try:
-            self._finalise(audio_until=self._last_end if video_only_end else float("inf"))
+            # A live input's audio ends with its video: what came after the last frame has no picture.
+            cut = video_only_end or isinstance(self._passthrough, LiveAudioMux)
+            self._finalise(audio_until=self._last_end if cut else float("inf"))
         except BaseException as err:
             self.abort()
             if isinstance(err, (av.FFmpegError, OSError)):

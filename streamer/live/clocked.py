@@ -11,7 +11,8 @@ Timestamps come from the writer's own clock (ticks of 1/rate since the first fra
 strictly increase whatever the source did: a new frame takes the current tick, or the next one
 where two arrive within one tick. A producer faster than real time (a file input and a fast
 model) is paced to the clock: the handoff holds ``depth`` frames and ``write`` blocks when it
-is full, like ``ffmpeg -re``.
+is full, like ``ffmpeg -re``. A live input's audio follows the clock: for each new frame the
+sink hears which input time went out at which tick (:meth:`ClockedSink.align_audio`).
 """
 from __future__ import annotations
 
@@ -33,13 +34,20 @@ _END = object()
 
 
 class FrameSink(Protocol):
-    """What the clock writes to (``streamer.sinks.VideoSink``)."""
+    """What the pipeline writes to (``streamer.sinks.VideoSink``, or a :class:`ClockedWriter`)."""
 
     def write(self, frame: Frame) -> None: ...
 
     def close(self, video_only_end: bool = False) -> None: ...
 
     def abort(self, keep_partial: bool = False) -> Optional[str]: ...
+
+
+class ClockedSink(FrameSink, Protocol):
+    """What the clock writes to: a sink whose live audio, if any, follows the clock's timestamps
+    (it is told which input time each new frame went out at)."""
+
+    def align_audio(self, timeline_s: float, output_s: float) -> None: ...
 
 
 def no_signal_image(height: int, width: int) -> np.ndarray:
@@ -66,7 +74,7 @@ class ClockedWriter:
     in the clock's thread is raised by the next ``write`` or by ``close``.
     """
 
-    def __init__(self, sink: FrameSink, rate: Optional[Fraction], stub_after: float = DEFAULT_STUB_AFTER,
+    def __init__(self, sink: ClockedSink, rate: Optional[Fraction], stub_after: float = DEFAULT_STUB_AFTER,
                  depth: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
         rate = Fraction(rate) if rate else DEFAULT_OUTPUT_RATE
         if rate <= 0 or stub_after < 0 or depth < 1:
@@ -164,6 +172,8 @@ class ClockedWriter:
                     image = self._stub_for(last.image)
                     self.frames_stub += 1
                 tick = due
+                if item is not None and item.pts is not None:   # the input's audio follows the clock
+                    self.sink.align_audio(float(item.pts * item.time_base), float(tick * self.time_base))
                 index = last.index if item is None else item.index
                 self.sink.write(Frame(index=index, pts=tick, time_base=self.time_base, image=image))
         except BaseException as err:   # the producer re-raises it

@@ -38,6 +38,7 @@ from ..avutil import describe_av_error
 from ..errors import ProcessingError, UsageError
 from ..frames import Frame, VideoInfo
 from ..sources import FixedSize, VideoSource, _video_info, _video_stream, check_frame_memory
+from .audio import AUDIO_WAIT_S, AudioFeed
 from .specs import InputSpec
 from .timeline import Timeline
 
@@ -47,6 +48,8 @@ BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 8.0
 DROP_POLICIES = ("oldest", "newest", "none")
 HANDOFF_FRAMES = 2        # decoded frames waiting for the pipeline: what bounds this stage's latency
+# FFmpeg reads RTP without a description only for static payload types (MPEG-TS: 33).
+_RTP_HINT = " (RTP other than MPEG-TS needs the SDP file that describes it: give FILE.sdp as INPUT)"
 _POLL_S = 0.05            # how often a waiting side looks at the stop flag
 
 # av.open(spec.target, format=..., options=..., timeout=...) -> an input container. Tests of the
@@ -102,6 +105,8 @@ class LiveSource(VideoSource):
         self.drop = drop
         self.stall_timeout, self.reconnect_limit = stall_timeout, reconnect
         self._opener = opener
+        self._feed = AudioFeed(spec.shown)   # the input's first audio stream, as it is demuxed
+        self._timeline: Optional[Timeline] = None   # the demux thread's, once the first frame came
         self._handoff: "queue.Queue[_Message]" = queue.Queue(maxsize=HANDOFF_FRAMES)
         self._quit = threading.Event()
         self._thread = threading.Thread(target=self._demux, name="live-demux", daemon=True)
@@ -114,6 +119,20 @@ class LiveSource(VideoSource):
             raise message.error
         assert isinstance(message, _Info), message
         self.info = message.info
+        self._info_at = time.monotonic()
+
+    def audio(self) -> Optional[AudioFeed]:
+        """The input's audio, once a packet has described it (waiting up to ``AUDIO_WAIT_S``
+        after the first video frame: MPEG-TS muxers send audio in bursts); None when the input
+        has none, or it did not come in time (said with a warning)."""
+        feed = self._feed
+        if not feed.expected:
+            return None
+        if not feed.described.wait(max(0.0, self._info_at + AUDIO_WAIT_S - time.monotonic())):
+            log.warning("%s: no audio packet within %g s of the first video frame: the output has no audio",
+                        self.spec.shown, AUDIO_WAIT_S)
+            return None
+        return feed if feed.stream is not None else None   # (None: it could not be described, said so)
 
     @property
     def streams_from(self) -> None:
@@ -163,12 +182,15 @@ class LiveSource(VideoSource):
                     try:
                         stream = _video_stream(container, self.spec.shown)
                         stream.thread_type = "SLICE"   # (see PyAVSource: frame threads lose frames)
-                        for vf in self._decoded(container, stream):
+                        audio = container.streams.audio[0] if container.streams.audio else None
+                        self._feed.start(audio)
+                        for vf in self._decoded(container, stream, audio):
                             arrived = time.monotonic()
                             if info is None:
                                 info = self._info(container, stream, vf)
                                 timeline = Timeline(info.time_base, info.average_rate)
                                 fixed = FixedSize(info.width, info.height, self.spec.shown, info.pix_fmt)
+                                self._timeline = timeline
                                 self._put(_Info(info))
                             elif lost_at is not None:
                                 away = time.monotonic() - lost_at
@@ -216,11 +238,14 @@ class LiveSource(VideoSource):
                              ) from None
         except (av.FFmpegError, OSError) as err:
             if first and not _is_network_error(err):
-                raise UsageError(f"cannot read {self.spec.shown} as a video: {describe_av_error(err)}") from None
+                raise UsageError(f"cannot read {self.spec.shown} as a video: {describe_av_error(err)}"
+                                 f"{_RTP_HINT if self.spec.scheme == 'rtp' and self.spec.format is None else ''}"
+                                 ) from None
             raise self._lost(err, f"opening failed ({describe_av_error(err)})") from None
 
-    def _decoded(self, container, stream) -> Iterator["av.VideoFrame"]:
-        demux = container.demux(stream)
+    def _decoded(self, container, stream, audio) -> Iterator["av.VideoFrame"]:
+        """Video frames; audio packets go to the feed (placed on the timeline once it exists)."""
+        demux = container.demux(*(s for s in (stream, audio) if s is not None))
         while True:
             try:
                 packet = next(demux)
@@ -228,6 +253,9 @@ class LiveSource(VideoSource):
                 return
             except (av.FFmpegError, OSError) as err:
                 raise self._lost(err, f"reading failed ({describe_av_error(err)})") from None
+            if audio is not None and packet.stream_index == audio.index:
+                self._feed.offer(packet, self._timeline)
+                continue
             try:
                 frames = packet.decode()
             except av.FFmpegError:
@@ -243,8 +271,8 @@ class LiveSource(VideoSource):
     def _info(self, container, stream, first: "av.VideoFrame") -> VideoInfo:
         check_frame_memory(first.width, first.height, self.spec.shown)
         info = _video_info(container, stream, first)
-        # Audio passthrough reopens the input: a live one cannot be read twice.
-        return dataclasses.replace(info, live=True, frames=None, duration=None, has_audio=False)
+        # A live input cannot be read twice: its audio comes through the feed (see audio()).
+        return dataclasses.replace(info, live=True, frames=None, duration=None, has_audio=bool(container.streams.audio))
 
     def _lost(self, err: BaseException, what: str) -> _Lost:
         if _is_timeout(err):

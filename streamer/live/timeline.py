@@ -11,6 +11,9 @@ stream's time base (which may change on a reconnect), onto one output time base:
 - a discontinuity (a step back, or forward by more than ``max_jump_s``) continues one frame
   after the last output pts; counted in ``discontinuities``;
 - after a reconnect (:meth:`resume`) the next frame comes the time away later: a gap.
+
+The source's other streams (audio) share its clock: :meth:`place` puts their timestamps on the
+same output timeline, through the video's current segment.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from fractions import Fraction
 from typing import Optional
 
 WRAP = 1 << 33   # MPEG-TS / RTP pts modulus (90 kHz units)
+_TS_BASE = Fraction(1, 90000)
 
 
 class Timeline:
@@ -46,7 +50,7 @@ class Timeline:
         if pts is None:                           # no timestamp: one frame after the last
             self._src_tb = None if new_segment else self._src_tb   # start the segment at the next real pts
             return self._emit(0 if self.last_out is None else self.last_out + self.step + self._take_gap())
-        if self._src_last is not None and time_base == Fraction(1, 90000) \
+        if self._src_last is not None and time_base == _TS_BASE \
                 and pts + self._wrap_offset < self._src_last - WRAP // 2:
             self._wrap_offset += WRAP
             self.wraps += 1
@@ -63,6 +67,22 @@ class Timeline:
                 self._start_segment(src, self.last_out + self.step)
         self._src_last = unwrapped
         return self._emit(self._base_out + (src - self._base_src))
+
+    def place(self, pts: Optional[int], time_base: Fraction) -> Optional[Fraction]:
+        """Output seconds for a timestamp of another stream on the source's clock, through the
+        current segment; None where there is none yet (before the first frame, or after
+        :meth:`resume` until the new stream's first frame), for no timestamp, and for one that
+        lands before 0 or more than ``max_jump_s`` past the last frame (a jump the video has
+        not reached yet)."""
+        if pts is None or self.last_out is None or self._src_tb is None or self._src_last is None:
+            return None
+        time_base = Fraction(time_base)
+        if time_base == _TS_BASE and self._src_tb == _TS_BASE:
+            pts += round((self._src_last - pts) / WRAP) * WRAP   # the 33-bit copy nearest the video's
+        out = self._base_out + (pts * time_base / self.time_base - self._base_src)
+        if out < 0 or out > self.last_out + self.max_jump:
+            return None
+        return out * self.time_base
 
     def resume(self, away_seconds: float) -> None:
         """The source came back after ``away_seconds``: the next frame follows that gap."""

@@ -2,6 +2,7 @@
 gst-rtsp-server, and a bounded live run through the real pipeline."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+import av
 import pytest
 
 from streamer.options import options_from_mapping
@@ -23,6 +25,29 @@ from toy_models import Identity  # noqa: E402
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg program")
+FFPROBE = shutil.which("ffprobe")
+
+
+def stream_types(path: Path) -> list:
+    """What ffprobe sees in ``path``: its streams' types and codecs."""
+    out = subprocess.run([FFPROBE, "-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json",
+                          str(path)], capture_output=True, text=True, timeout=30, check=True).stdout
+    return sorted((s["codec_type"], s["codec_name"]) for s in json.loads(out)["streams"])
+
+
+def packet_times(path: Path) -> dict:
+    """Per stream type, the start of every packet (seconds, in file order)."""
+    times: dict = {"video": [], "audio": []}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.size and packet.pts is not None and packet.stream.type in times:
+                times[packet.stream.type].append(float(packet.pts * packet.time_base))
+    return times
+
+
+def spans(path: Path) -> dict:
+    """Per stream type present, (first, last) packet start in seconds."""
+    return {kind: (min(t), max(t)) for kind, t in packet_times(path).items() if t}
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -45,12 +70,14 @@ def process(args: List[str]) -> Iterator[subprocess.Popen]:
 
 
 def sender(output: List[str], seconds: float, size: str = "160x120", rate: int = 25, fmt: str = "mpegts",
-           extra_input: Optional[List[str]] = None) -> List[str]:
-    """``ffmpeg -re`` encoding a test pattern as H.264 (zerolatency, a keyframe a second) to ``output``."""
+           extra_input: Optional[List[str]] = None, audio: Optional[str] = None) -> List[str]:
+    """``ffmpeg -re`` encoding a test pattern as H.264 (zerolatency, a keyframe a second) to ``output``;
+    with ``audio`` (an encoder: aac, libopus, mp2) a 440 Hz sine too."""
+    sound = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"] if audio else []
     return [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
-            "-i", f"testsrc2=size={size}:rate={rate}", *(extra_input or []), "-t", str(seconds),
+            "-i", f"testsrc2=size={size}:rate={rate}", *sound, *(extra_input or []), "-t", str(seconds),
             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(rate),
-            "-pix_fmt", "yuv420p", "-f", fmt, *output]
+            "-pix_fmt", "yuv420p", *(["-c:a", audio] if audio else []), "-f", fmt, *output]
 
 
 def live_run(input: str, output: str, frames: int, seconds: float = 30.0,

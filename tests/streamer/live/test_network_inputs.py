@@ -1,15 +1,19 @@
 """Acceptance 1 (input side): real senders and servers on 127.0.0.1 feed a live run."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import threading
 
 import av
 import pytest
+
+from streamer.errors import UsageError
 
 from live_peers import FFMPEG, Background, free_port, listening, live_run, needs_ffmpeg, process, sender, wait_until
 
@@ -60,21 +64,48 @@ def _has_gst_rtsp_server() -> bool:
     return probe.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def rtsp_server():
+@contextlib.contextmanager
+def _gst_rtsp_server(*tls_pem: str):
     if not _has_gst_rtsp_server():
         pytest.skip("needs /usr/bin/python3 with gi and gst-rtsp-server (gir1.2-gst-rtsp-server-1.0)")
     port = free_port()
     script = os.path.join(os.path.dirname(__file__), "gst_rtsp_server.py")
-    proc = subprocess.Popen([GST_PYTHON, script, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    proc = subprocess.Popen([GST_PYTHON, script, str(port), *tls_pem], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         wait_until(lambda: listening(port), 10, "gst-rtsp-server did not listen")
-        yield f"rtsp://127.0.0.1:{port}/test"
+        yield f"rtsp{'s' if tls_pem else ''}://127.0.0.1:{port}/test"
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def rtsp_server():
+    with _gst_rtsp_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def rtsps_server(tmp_path_factory):
+    """gst-rtsp-server over TLS with a self-signed certificate made by the openssl program."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl program (for a self-signed certificate)")
+    if not _has_gst_rtsp_server() or subprocess.run(
+            [GST_PYTHON, "-c", "from gi.repository import Gio; assert Gio.TlsBackend.get_default().supports_tls()"],
+            capture_output=True, timeout=30).returncode:
+        pytest.skip("needs gst-rtsp-server and GLib's TLS backend (glib-networking)")
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    both = folder / "server.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    with _gst_rtsp_server(str(both)) as url:
+        yield url
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -88,6 +119,23 @@ def test_rtsp_client_plays_gst_rtsp_server(rtsp_server, transport, tmp_path):
     # (the latest wins), so the first written one may be a frame or a few later: the gap stays.
     assert times[0] < 2.0   # (generous: a loaded machine starts slowly)
     assert 0.5 < times[-1] < 3.0   # about a second of a 25 fps live clock
+
+
+def test_rtsps_client_plays_gst_rtsp_server_over_tls(rtsps_server, tmp_path):
+    # (FFmpeg's TLS client does not verify the certificate by default: a self-signed one plays.)
+    out = tmp_path / "out.mkv"
+    stats = live_run(rtsps_server, str(out), frames=25, seconds=30)
+    assert stats.frames_out >= 25 and stats.stalls == 0
+    times = frame_times(out)
+    assert len(times) == stats.frames_out and all(b > a for a, b in zip(times, times[1:]))
+    assert times[0] < 2.0 and 0.5 < times[-1] < 3.0   # (frames that came while the run started may be dropped)
+
+
+def test_rtsps_is_not_plain_rtsp(rtsps_server, tmp_path):
+    """The TLS server really is one: a plain rtsp:// client cannot read it (one line, exit 2)."""
+    plain = rtsps_server.replace("rtsps://", "rtsp://")
+    with pytest.raises(UsageError, match=r"^cannot read rtsp://127\.0\.0\.1:\d+/test as a video: [^\n]*$"):
+        live_run(plain, str(tmp_path / "out.mkv"), frames=5, seconds=20, stall_timeout=2.0, reconnect=0)
 
 
 @needs_ffmpeg
