@@ -45,6 +45,7 @@ from pipelines.deconvolution import make_prefilter
 from pipelines.restorer import describe_model
 
 from .audit import JOIN_S, Auditor, reference_model
+from .dial import Dial, start_dial
 from .encoding import EncoderSettings
 from .errors import UsageError
 from .flow import Stopped, get, put
@@ -97,6 +98,7 @@ class Stats:
     precision: Optional[str] = None         # fp32 / bf16 / fp16 / int8: what ran (--precision)
     precision_auto: Optional[dict] = None   # --precision auto: per mode {seconds, psnr} it chose from
     audit: Optional[dict] = None            # --audit N: streamer.audit.AuditReport
+    dial: Optional[dict] = None             # --target-fps F: streamer.dial.DialReport
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
     frames_damaged: int = 0                 # input frames decoded with errors concealed
@@ -275,6 +277,7 @@ class Run:
         self.cutter: Optional[Cutter] = None
         self.sink: Optional[FrameSink] = None
         self.auditor: Optional[Auditor] = None
+        self.dial: Optional[Dial] = None
         self.scale = 1
         self._threads: List[threading.Thread] = []
         self._latencies: List[float] = []
@@ -320,7 +323,10 @@ class Run:
         self.stats.precision = precision
         if choice is not None:
             self.stats.precision_auto = {m: asdict(v) for m, v in choice.measurements.items()}
-        self.worker = make_worker(model, info, opts, precision)
+        if opts.target_fps is not None:
+            self.dial = start_dial(model, info, opts, precision, info_in.height, info_in.width, windows.tile,
+                                   windows.tile_overlap, self.stats.model)
+        self.worker = make_worker(self.dial.model if self.dial is not None else model, info, opts, precision)
         if opts.audit:
             self.auditor = Auditor(reference_model(opts.model, opts.task, model), opts.audit, info.scale,
                                    sigma=opts.sigma, prefilter=prefilter)
@@ -416,6 +422,8 @@ class Run:
                 done_at = time.monotonic()
                 if self._first_out is None:
                     self._first_out = done_at
+                if self.dial is not None:
+                    self.dial.frame_done(self.stats.frames_out, done_at, self.worker.counters.busy_seconds, self.worker)
                 self._latencies.append(done_at - state.decoded_at.pop(original.index, done_at))
                 state.services.append(done_at - state.cut_at.pop(original.index, done_at))
                 state.service_s = max(state.services)
@@ -502,6 +510,8 @@ class Run:
         stats.attention_fallbacks = counters.attention_fallbacks
         stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
         stats.decode_errors, stats.frames_damaged = self.source.decode_errors, self.source.frames_damaged
+        if self.dial is not None:
+            stats.dial = asdict(self.dial.report)
         if self.auditor is not None:
             stats.audit = asdict(self.auditor.finish(timeout=JOIN_S if stats.completed else 0.5))
         stats.reconnects, stats.stalls = self.source.reconnects, self.source.stalls
