@@ -85,10 +85,20 @@ RUNGS = timed((FULL, 0.01, 3.0), (Setting(resolution=0.75), 1.4, 5.0), (HALF, 2.
 def test_controller_steps_down_after_three_seconds_below_and_not_before():
     c = Controller(RUNGS, start=0, target=4.0)
     assert feed(c, 3.7, 0.0, 20.0) is None           # above 0.9 x 4: nothing
-    c = Controller(RUNGS, start=0, target=4.0)
+    c = Controller(RUNGS, start=0, target=4.0, headroom=1.0)
     when, (old, new, reason) = feed(c, 3.0, 0.0, 10.0)
+    # 3 fps at the 3-fps rung: the 5-fps rung is predicted at 5 >= 4, enough: one rung down.
     assert math.isclose(when, 3.0) and old.setting == FULL and new.setting == Setting(resolution=0.75)
     assert "3 s" in reason and c.index == 1
+
+
+def test_controller_steps_down_as_far_as_the_calibrated_ratios_say_it_takes():
+    c = Controller(RUNGS, start=0, target=4.0, headroom=1.0)
+    _, (_, new, _) = feed(c, 2.0, 0.0, 10.0)   # 2 fps: the 5-fps rung would give 3.3, the 9-fps one 6
+    assert new.setting == HALF and c.index == 2
+    c = Controller(RUNGS, start=0, target=40.0)
+    _, (_, new, _) = feed(c, 2.0, 0.0, 10.0)   # out of reach: the fastest
+    assert new.setting == HALF
 
 
 def test_controller_forgets_a_dip_shorter_than_three_seconds():
@@ -138,11 +148,11 @@ def test_max_latency_alone_does_not_turn_the_dial_on(sample_clip, tmp_path):
 
 
 def test_the_dial_reaches_twice_what_the_default_settings_reach(clip_factory, tmp_path):
-    clip = clip_factory(frames=36, width=640, height=360, degradation="noise", audio=False)
+    clip = clip_factory(frames=48, width=640, height=360, degradation="noise", audio=False)
     opts = dict(task="denoise", precision="fp32")
     default = streamer.run(str(clip.path), str(tmp_path / "default.mp4"), frames=12, **opts)
     target = 2 * default.fps_steady
-    run = streamer.run(str(clip.path), str(tmp_path / "dial.mp4"), target_fps=target, audit=8, **opts)
+    run = streamer.run(str(clip.path), str(tmp_path / "dial.mp4"), target_fps=target, audit=30, **opts)
     d = run.dial
     assert d["target_fps"] == target and d["calibration_s"] < 5.0
     assert set(d["chosen"]) == {"attention", "landmarks", "iters", "window", "resolution"}
