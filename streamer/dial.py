@@ -74,7 +74,7 @@ HEADROOM = 1.25                # predicted fps must exceed the target by this: t
 TIE_DB = 0.02                  # settings within this of a group's best ΔPSNR count as as good
 CALIBRATION_PIXELS = 256 * 160
 REPS = 2                       # timed calls per setting (the least counts: load only slows)
-CALIBRATION_BUDGET_S = 4.0
+CALIBRATION_BUDGET_S = 3.5   # seconds; the stats' calibration_s is what it took
 WINDOW_S = 2.0                 # capacity: busy time over the frames of the last WINDOW_S seconds
 DOWN_RATIO, DOWN_S = 0.9, 3.0
 UP_RATIO, UP_S = 1.2, 10.0
@@ -196,17 +196,18 @@ def _calibrate(model: Rescaled, entries: Sequence[Entry], height: int, width: in
             list(pool.map(call, restorers))
         return clock() - t0
 
-    run(entries[0].setting)   # the first call of a process pays for allocations and thread start-up
     started = clock()
-    warm: List[Entry] = []
-    for entry in entries:      # warm-up: each setting's caches (bias pooling, padding shapes)
-        if warm and clock() - started > budget_s / (REPS + 1):
+    run(entries[0].setting)   # the first call of a process pays for allocations and thread start-up
+    best: Dict[Setting, float] = {}
+    for entry in entries:      # warm-up (each setting's caches: bias pooling, padding shapes), timed too
+        if best and clock() - started > budget_s / (REPS + 1):
             break
-        run(entry.setting)
-        warm.append(entry)
-    best = {e.setting: math.inf for e in warm}
+        best[entry.setting] = run(entry.setting)
+    warm = [e for e in entries if e.setting in best]
     for _ in range(REPS):      # interleaved, so a change of load touches every setting alike
         for entry in warm:
+            if clock() - started > budget_s:
+                break
             best[entry.setting] = min(best[entry.setting], run(entry.setting))
     timed = [Timed(e.setting, e.delta_db, lanes / max(best[e.setting] * per_frame, 1e-6)) for e in warm]
     if pool is not None:

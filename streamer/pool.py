@@ -304,7 +304,6 @@ class CpuPool:   # implements streamer.workers.Worker
         while True:
             if stop.is_set():
                 raise Stopped()
-            self._send_retune()
             # Dispatch while there is room: retried items first, then new ones.
             while True:
                 target = self._free_worker()
@@ -387,6 +386,7 @@ class CpuPool:   # implements streamer.workers.Worker
         return best
 
     def _dispatch(self, proc: _Process, item: WorkItem) -> None:
+        self._send_retune()   # a new dial setting goes out before the next item does
         data = item.data
         need_in = data.size
         need_out = need_in * self.scale * self.scale

@@ -1,15 +1,28 @@
 """The dial (``--target-fps``, issue 17): the chooser and the hysteresis controller as pure
 functions of a table and timings, and a run that reaches twice what the default settings do."""
+import copy
 import math
+import queue
+import threading
+from fractions import Fraction
 
+import numpy as np
 import pytest
+import torch
 
 import streamer
-from pipelines.quality_table import Entry, QualityTable, Setting
+from pipelines import zoo
+from pipelines.loading import load_model
+from pipelines.quality_table import Entry, QualityTable, Setting, apply_setting, dial_model
+from pipelines.restorer import Restorer
 from streamer import dial
 from streamer.dial import Controller, Timed, choose, ladder, to_calibrate
 from streamer.errors import UsageError
+from streamer.frames import Frame
 from streamer.options import Options, check_options
+from streamer.pool import CpuPool
+from streamer.windows import Cutter
+from streamer.workers import DeviceWorker
 
 EXACT = Setting("exact")
 FULL = Setting()                         # Nyström m16 T2, full resolution
@@ -162,3 +175,44 @@ def test_the_dial_reaches_twice_what_the_default_settings_reach(clip_factory, tm
     # Measured: the steady rate of the whole run (generous: the machine is shared).
     assert run.fps_steady >= 0.9 * target, (run.fps_steady, target, d)
     assert run.audit["count"] >= 1 and run.audit["mean_db"] > 0   # what it cost, audited on the footage
+
+
+# -- a change reaches the workers between frames ------------------------------------------------------
+
+
+def _frames(n):
+    rng = np.random.default_rng(3)
+    return [Frame(i, i, Fraction(1, 30), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["in-process", "processes"])
+def test_a_retuned_worker_runs_the_new_setting_from_the_next_frame_on(kind):
+    model = dial_model(load_model(zoo.default_preset("denoise"), attention=None))
+    cutter = Cutter(1, 0, 0, 0, 1)
+    items = [it for f in _frames(4) for it in cutter.push(f)] + cutter.finish()
+    expected = {}
+    for setting in (FULL, HALF):
+        restorer = Restorer(copy.deepcopy(apply_setting(model, setting)), prefilter=False)
+        expected[setting] = [restorer.restore_uint8(torch.from_numpy(it.data)).numpy() for it in items]
+    apply_setting(model, FULL)
+    worker = DeviceWorker(model) if kind == "in-process" else CpuPool(model, workers=1)
+    inbox, results, stop = queue.Queue(), queue.Queue(), threading.Event()
+    worker.start()
+    thread = threading.Thread(target=worker.run, args=(inbox, results.put, stop), daemon=True)
+    thread.start()
+    try:
+        got = []
+        for i, item in enumerate(items):
+            if i == 2:
+                worker.retune(HALF)
+            inbox.put(item)
+            got.append(results.get(timeout=60).image)
+        inbox.put(None)
+        thread.join(10)
+    finally:
+        stop.set()
+        worker.terminate()
+    for i, image in enumerate(got):
+        setting = FULL if i < 2 else HALF
+        assert np.array_equal(image, expected[setting][i]), (i, setting)
+    assert not np.array_equal(expected[FULL][3], expected[HALF][3])
