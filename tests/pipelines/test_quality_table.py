@@ -1,6 +1,7 @@
 """The quality table (issue 17): what each dial setting costs in PSNR, shipped for the bundled
 models, measured on first use and cached for others; the resolution wrapper it relies on."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,9 @@ def test_apply_setting_sets_attention_and_resolution():
     assert layers and all((m.attention_mode, m.landmarks, m.iters) == ("nystrom", 4, 1) for m in layers)
     assert model.factor == 0.75
     assert qt.dial_model(model) is model
+
+
+def test_the_readme_shows_the_shipped_denoiser_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = next(t for t in qt.shipped_tables().values() if t.model == "swinir-tiny-denoise")
+    assert qt.markdown(table) in readme, "regenerate the README table: pipelines.quality_table.markdown"

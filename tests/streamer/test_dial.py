@@ -216,3 +216,24 @@ def test_a_retuned_worker_runs_the_new_setting_from_the_next_frame_on(kind):
         setting = FULL if i < 2 else HALF
         assert np.array_equal(image, expected[setting][i]), (i, setting)
     assert not np.array_equal(expected[FULL][3], expected[HALF][3])
+
+
+def test_a_target_out_of_reach_runs_the_fastest_setting_with_one_warning(sample_clip, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="streamer.dial"):
+        stats = streamer.run(str(sample_clip.path), str(tmp_path / "o.mp4"), task="denoise", workers=0,
+                             precision="fp32", target_fps=1e6)
+    d = stats.dial
+    warnings = [r.getMessage() for r in caplog.records if "out of reach" in r.getMessage()]
+    assert len(warnings) == 1 and f"{d['predicted_fps']:.1f} fps" in warnings[0]
+    assert not d["reached"] and d["predicted_fps"] == max(t["fps"] for t in d["timed"])
+    assert stats.frames_out == sample_clip.n_frames
+
+
+def test_a_live_run_follows_its_target_and_keeps_its_accounting(tmp_path):
+    # A live source (lavfi, paced at real time) for 4 s; the dial at the source's rate.
+    stats = streamer.run("lavfi:testsrc2=size=320x180:rate=10", str(tmp_path / "live.mkv"), task="denoise",
+                         precision="fp32", target_fps=10, duration=4)
+    assert stats.live and stats.dial is not None and stats.dial["target_fps"] == 10
+    assert stats.frames_in == stats.frames_out + stats.frames_dropped and stats.frames_out > 0
+    for change in stats.dial["changes"]:   # where the load made it step, each step says why
+        assert change["from"] != change["to"] and "target" in change["reason"]
