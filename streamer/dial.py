@@ -8,11 +8,13 @@ with the least PSNR lost:
    models, measured once and cached for others) says what each setting costs in PSNR;
 2. a short **calibration** (:func:`calibrate`) times a few of them here, at the run's real tile
    size: per (window, resolution) the setting with the least ΔPSNR (the cheapest of those within
-   :data:`TIE_DB` of it), plus the preset's own setting, each once after a warm-up, on a crop of
-   at most :data:`CALIBRATION_PIXELS` pixels (scaled to the tile's area). Measured on the 2-core
-   AVX2 CPU for the bundled denoiser at 640x360: 9 settings in 2.1-2.9 s (the table's budget
-   :data:`CALIBRATION_BUDGET_S` = 4 s stops it early on a slower machine; ``calibration_s`` in
-   the stats says what it took);
+   :data:`TIE_DB` of it), plus the preset's own setting, on a crop of at most
+   :data:`CALIBRATION_PIXELS` pixels (scaled to the tiles' area), each warmed up once and then
+   timed :data:`REPS` times interleaved, as many calls at once as the run has workers, with their
+   threads. Warm-ups stop at half of :data:`CALIBRATION_BUDGET_S` (3.5 s), the timed rounds at all
+   of it, so the whole start-up stays under 5 s: measured 1.9-3.6 s for the bundled denoiser at
+   640x360 on the 2-core AVX2 CPU while other sessions loaded it (load average 3-7), 9 settings
+   timed when it was least loaded; ``calibration_s`` in the stats says what a run took;
 3. :func:`choose`: among the timed settings whose predicted fps reaches ``F`` x
    :data:`HEADROOM` (decode, stitch and encode run beside the model), the one with the least
    ΔPSNR; if none does, the fastest, with one warning naming the best fps reachable.
@@ -72,7 +74,7 @@ log = logging.getLogger(__name__)
 HEADROOM = 1.25                # predicted fps must exceed the target by this: the run measured 0.83x of
                                # the prediction (bundled denoiser, 640x360, 2 workers; decode/encode beside it)
 TIE_DB = 0.02                  # settings within this of a group's best ΔPSNR count as as good
-CALIBRATION_PIXELS = 256 * 160
+CALIBRATION_PIXELS = 192 * 128   # per-pixel cost is what scales; fixed costs per call are small here
 REPS = 2                       # timed calls per setting (the least counts: load only slows)
 CALIBRATION_BUDGET_S = 3.5   # seconds; the stats' calibration_s is what it took
 WINDOW_S = 2.0                 # capacity: busy time over the frames of the last WINDOW_S seconds
@@ -197,10 +199,9 @@ def _calibrate(model: Rescaled, entries: Sequence[Entry], height: int, width: in
         return clock() - t0
 
     started = clock()
-    run(entries[0].setting)   # the first call of a process pays for allocations and thread start-up
     best: Dict[Setting, float] = {}
     for entry in entries:      # warm-up (each setting's caches: bias pooling, padding shapes), timed too
-        if best and clock() - started > budget_s / (REPS + 1):
+        if best and clock() - started > budget_s / 2:
             break
         best[entry.setting] = run(entry.setting)
     warm = [e for e in entries if e.setting in best]
