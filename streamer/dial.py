@@ -71,12 +71,14 @@ from .process_env import cpu_cores
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 1.25                # predicted fps must exceed the target by this: the run measured 0.83x of
-                               # the prediction (bundled denoiser, 640x360, 2 workers; decode/encode beside it)
+# Predicted fps must exceed the target by this: decode, stitch, encode and an audit share the cores
+# with the workers. Runs of the bundled denoiser at 640x360 (2 workers, loaded machine) reached
+# 0.83-1.04x of the prediction.
+HEADROOM = 1.25
 TIE_DB = 0.02                  # settings within this of a group's best ΔPSNR count as as good
-CALIBRATION_PIXELS = 192 * 128   # per-pixel cost is what scales; fixed costs per call are small here
+CALIBRATION_PIXELS = 192 * 128  # the per-pixel cost is what scales; a call's fixed cost is small
 REPS = 2                       # timed calls per setting (the least counts: load only slows)
-CALIBRATION_BUDGET_S = 3.5   # seconds; the stats' calibration_s is what it took
+CALIBRATION_BUDGET_S = 3.5     # seconds of timing; the stats' calibration_s is what start-up took
 WINDOW_S = 2.0                 # capacity: busy time over the frames of the last WINDOW_S seconds
 DOWN_RATIO, DOWN_S = 0.9, 3.0
 UP_RATIO, UP_S = 1.2, 10.0
@@ -122,8 +124,8 @@ def to_calibrate(table: QualityTable, default: Setting, windows: Sequence[Option
 
 
 def ladder(timed: Sequence[Timed], window: Optional[int]) -> List[Timed]:
-    """The rungs the dial steps along during a run: the timed settings at ``window``, slowest (best) first, keeping
-    only those that are faster than every better one (a slower, worse rung is never worth it)."""
+    """The rungs the dial steps along during a run: the timed settings at ``window``, best first,
+    keeping only those faster than every better one (a slower, worse rung is never worth it)."""
     rungs: List[Timed] = []
     for t in sorted((t for t in timed if t.setting.window == window), key=lambda t: (t.delta_db, -t.fps)):
         if not rungs or t.fps > rungs[-1].fps:
@@ -317,8 +319,8 @@ class DialReport:
 class Dial:
     """Chooses at start (:meth:`start`), then follows the capacity (:meth:`frame_done`)."""
 
-    def __init__(self, table: QualityTable, timed: Sequence[Timed], models: Dict[Optional[int], Rescaled],
-                 target: float, calibration_s: float) -> None:
+    def __init__(self, timed: Sequence[Timed], models: Dict[Optional[int], Rescaled], target: float,
+                 calibration_s: float) -> None:
         chosen, reached = choose(timed, target)
         self.target = target
         self.model = apply_setting(models[chosen.setting.window], chosen.setting)
@@ -331,7 +333,6 @@ class Dial:
                                    "delta_db": round(t.delta_db, 4)} for t in timed])
         self._started: Optional[float] = None
         self._last: Optional[Tuple[float, int, float]] = None   # (time, frames, busy seconds)
-        self._pending: List[Tuple[float, int, float]] = []
         if reached:   # one line on stderr, a library user's too (not a warning)
             print(f"nystra-stream: target fps {target:g}: {chosen.setting.label()} (predicted {chosen.fps:.1f} fps, "
                   f"{chosen.delta_db:.2f} dB from exact; calibrated in {calibration_s:.1f} s)", file=sys.stderr)
@@ -348,7 +349,7 @@ class Dial:
         windows: List[Optional[int]] = [None] + ([2 * base.info.size_multiple] if can_resize else [])
         timed, models = calibrate(base, to_calibrate(table, default, windows), height, width, tile, overlap,
                                   precision, sigma, threads, lanes)
-        return cls(table, timed, models, target, time.perf_counter() - started)
+        return cls(timed, models, target, time.perf_counter() - started)
 
     def frame_done(self, frame: int, now: float, busy_seconds: float, worker: Tunable) -> None:
         """After each written frame: feed the controller, retune on a step.
