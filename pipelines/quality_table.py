@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import tempfile
 import time
@@ -48,6 +49,8 @@ from .precision import psnr
 from .precision_auto import calibration_pair, state_digest
 from .rescale import Rescaled
 from .restorer import Restorer, describe_model
+
+log = logging.getLogger(__name__)
 
 TABLE_VERSION = 1
 SIDE = 192                       # px of each sample frame (at least 2 windows of 64 at half resolution)
@@ -235,6 +238,8 @@ def quality_table(model: nn.Module, sigma: Optional[float] = None, name: str = "
             return QualityTable.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass
+    log.warning("measuring the quality table of %s once (every setting on sample frames; cached in %s)",
+                name or "this model", path.parent)
     table = measure_table(model, sigma, name)
     if use_cache:
         _write_json(path, table.to_json())

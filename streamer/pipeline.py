@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from pipelines.deconvolution import make_prefilter
+from pipelines.quality_table import Setting
 from pipelines.restorer import describe_model
 
 from .audit import JOIN_S, Auditor, reference_model
@@ -122,6 +123,9 @@ class Stats:
                      if self.attention_fallbacks else "")
         if self.prefilter == "motion-wiener":
             fallbacks += f", motion blur found and deconvolved in {self.frames_deconvolved} frames"
+        if self.dial is not None:
+            fallbacks += f", dial: {Setting(**(self.dial['final'] or self.dial['chosen'])).label()} " \
+                         f"for {self.dial['target_fps']:g} fps ({len(self.dial['changes'])} changes)"
         return (f"{self.frames_out}/{self.frames_in} frames in {self.seconds:.1f} s ({self.fps:.2f} fps{lat}), "
                 f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
 

@@ -41,11 +41,13 @@ def test_every_bundled_model_has_its_shipped_table():
             assert half > full
 
 
-def test_a_model_without_a_shipped_table_is_measured_once_and_cached(small_grid, monkeypatch, tmp_path):
+def test_a_model_without_a_shipped_table_is_measured_once_and_cached(small_grid, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("NYSTRA_HOME", str(tmp_path))
     torch.manual_seed(0)
     model = SwinIR(SMALL).eval()
-    table = qt.quality_table(model, name="small")
+    with caplog.at_level("WARNING", logger="pipelines.quality_table"):
+        table = qt.quality_table(model, name="small")
+    assert [r.getMessage() for r in caplog.records if "quality table of small once" in r.getMessage()]
     settings = {e.setting for e in table.entries}
     assert settings == set(qt.candidates(model.info, True)) and len(settings) == 2 * 2 * 2
     assert table.delta(qt.REFERENCE) == 0.0
