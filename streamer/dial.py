@@ -21,9 +21,9 @@ with the least PSNR lost:
 
 One line on stderr says what it picked. Then, during the run (:class:`Controller`), the dial
 follows the model's measured capacity (frames a second the workers could do, from their busy
-time: a source slower than the model does not read as a slow model) over a moving window of
-:data:`WINDOW_S` seconds, and steps one rung of a ladder of the timed settings at the chosen
-window:
+time: a live source slower than the model does not read as a slow model; for a file, no more
+than the frames written a second) over a moving window of :data:`WINDOW_S` seconds, and steps
+along a ladder of the timed settings at the chosen window:
 
 - down (faster) when capacity stays below :data:`DOWN_RATIO` x ``F`` for :data:`DOWN_S` s: to the
   best rung whose calibrated speed ratio to the current one predicts ``F`` x :data:`HEADROOM`
@@ -351,9 +351,11 @@ class Dial:
                                   precision, sigma, threads, lanes)
         return cls(timed, models, target, time.perf_counter() - started)
 
-    def frame_done(self, frame: int, now: float, busy_seconds: float, worker: Tunable) -> None:
+    def frame_done(self, frame: int, now: float, busy_seconds: float, worker: Tunable, live: bool) -> None:
         """After each written frame: feed the controller, retune on a step.
-        Capacity: frames per busy second of one lane, times the lanes."""
+        Capacity: frames per busy second of one lane, times the lanes; for a file (whose source
+        never waits) no more than the frames written per second, so that what bounds the run
+        beside the model (decode, encode, an audit) counts too."""
         if self._started is None:
             self._started = now
         if self._last is None:
@@ -367,6 +369,8 @@ class Dial:
         if busy <= 0 or frame <= f0:
             return
         capacity = (frame - f0) * worker.lanes / busy
+        if not live:
+            capacity = min(capacity, (frame - f0) / (now - t0))
         step = self.controller.observe(now - self._started, capacity)
         if step is None:
             return

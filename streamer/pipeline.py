@@ -427,7 +427,8 @@ class Run:
                 if self._first_out is None:
                     self._first_out = done_at
                 if self.dial is not None:
-                    self.dial.frame_done(self.stats.frames_out, done_at, self.worker.counters.busy_seconds, self.worker)
+                    self.dial.frame_done(self.stats.frames_out, done_at, self.worker.counters.busy_seconds, self.worker,
+                                         self.source.info.live)
                 self._latencies.append(done_at - state.decoded_at.pop(original.index, done_at))
                 state.services.append(done_at - state.cut_at.pop(original.index, done_at))
                 state.service_s = max(state.services)

@@ -1,6 +1,7 @@
 """The dial (``--target-fps``, issue 17): the chooser and the hysteresis controller as pure
 functions of a table and timings, and a run that reaches twice what the default settings do."""
 import copy
+import dataclasses
 import math
 import queue
 import threading
@@ -237,3 +238,33 @@ def test_a_live_run_follows_its_target_and_keeps_its_accounting(tmp_path):
     assert stats.frames_in == stats.frames_out + stats.frames_dropped and stats.frames_out > 0
     for change in stats.dial["changes"]:   # where the load made it step, each step says why
         assert change["from"] != change["to"] and "target" in change["reason"]
+
+
+class FakeWorker:   # a Tunable that records what it is told
+    lanes = 2
+
+    def __init__(self):
+        self.settings = []
+
+    def retune(self, setting):
+        self.settings.append(setting)
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_the_dial_reads_capacity_from_busy_time_and_for_files_from_what_is_written(live, capsys):
+    model = dial_model(load_model(zoo.default_preset("denoise"), attention=None))
+    rows = timed((FULL, 0.01, 4.0), (Setting(resolution=0.75), 1.4, 6.0), (HALF, 2.4, 12.0))
+    d = dial.Dial(rows, {None: model}, target=3.0, calibration_s=1.0)
+    assert d.report.chosen["resolution"] == 1.0 and "target fps 3" in capsys.readouterr().err
+    worker = FakeWorker()
+    # 10 s at 2 frames a second written, while the workers' busy time says 2 lanes x 2 fps = 4.
+    for i in range(1, 21):
+        d.frame_done(i, i * 0.5, busy_seconds=i * 0.5, worker=worker, live=live)
+    if live:   # a live source paces the writes: the model itself keeps up (4 >= 0.9 x 3)
+        assert worker.settings == [] and d.report.changes == []
+    else:      # a file writes as fast as the run can: 2 < 0.9 x 3 for 3 s -> down
+        assert worker.settings and worker.settings[0].resolution < 1.0
+        change = d.report.changes[0]
+        assert change["from"] == "nystrom m16 T2" and change["to"] == worker.settings[0].label()
+        assert "target" in change["reason"] and change["frame"] > 6   # not before 3 s of it
+        assert d.report.final == dataclasses.asdict(worker.settings[-1])
