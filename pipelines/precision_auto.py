@@ -34,10 +34,11 @@ from .weights.data import load_photo
 CACHE_VERSION = 1
 
 
-def calibration_pair(task: str, scale: int, side: int = CALIBRATION_SIDE) -> "tuple[Tensor, Tensor]":
+def calibration_pair(task: str, scale: int, side: int = CALIBRATION_SIDE,
+                     photo: str = "astronaut") -> "tuple[Tensor, Tensor]":
     """``(input, clean)`` calibration frames, ``(1, 3, h, w)`` float in [0, 1], for a model of
     ``task`` and ``scale`` (the input is ``side / scale`` pixels wide for super-resolution)."""
-    clean = _photo_crop(side)
+    clean = _photo_crop(side, photo)
     gen = torch.Generator().manual_seed(0)
     if "denoise" in task:
         degraded = degradations.add_gaussian_noise(clean, 25.0, generator=gen)
@@ -50,9 +51,9 @@ def calibration_pair(task: str, scale: int, side: int = CALIBRATION_SIDE) -> "tu
     return (torch.round(degraded.clamp(0, 1) * 255) / 255), clean
 
 
-def _photo_crop(side: int) -> Tensor:
+def _photo_crop(side: int, name: str = "astronaut") -> Tensor:
     try:
-        photo = load_photo("astronaut")[None]
+        photo = load_photo(name)[None]
         top, left = (photo.shape[-2] - side) // 3, (photo.shape[-1] - side) // 2
         return photo[..., top:top + side, left:left + side].contiguous()
     except RuntimeError:   # no scikit-image: a smooth seeded pattern with some edges
@@ -63,15 +64,21 @@ def _photo_crop(side: int) -> Tensor:
 
 def model_key(model: nn.Module, device: torch.device, sigma: Optional[float]) -> str:
     """What the cached answer depends on, hashed (see the module doc)."""
+    digest = state_digest(model)
+    for part in (device.type, torch.backends.cpu.get_cpu_capability(), torch.__version__,
+                 CALIBRATION_SIDE, QUALITY_BOUND_DB, sigma, CACHE_VERSION):
+        digest.update(repr(part).encode())
+    return digest.hexdigest()[:32]
+
+
+def state_digest(model: nn.Module) -> "hashlib._Hash":
+    """A sha256 fed with ``model``'s parameters and buffers (names and bytes)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                       if tensor.numel() else b"")
-    for part in (device.type, torch.backends.cpu.get_cpu_capability(), torch.__version__,
-                 CALIBRATION_SIDE, QUALITY_BOUND_DB, sigma, CACHE_VERSION):
-        digest.update(repr(part).encode())
-    return digest.hexdigest()[:32]
+    return digest
 
 
 def cache_path(key: str) -> Path:

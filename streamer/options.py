@@ -141,6 +141,11 @@ class Options:
         f"layers, CPU) or auto: the fastest measured here within {QUALITY_BOUND_DB:g} dB PSNR of fp32 on "
         "calibration frames, cached (default auto)", choices=lambda: PRECISIONS)
     fp16: bool = _option(False, "execution", "the same as --precision fp16 (CUDA only)")
+    target_fps: Optional[float] = _option(
+        None, "execution", "the latency/quality dial: choose the attention settings, window and resolution that "
+        "reach F frames a second here with the least PSNR lost (a quality table of the model and a calibration "
+        "of a few seconds at start); a live run follows its measured speed (stats: dial)", metavar="F",
+        minimum=0.01)
     tile: Optional[int] = _option(   # 0 = whole frames; None: 512, video models 128 (x4) / 256
         None, "execution", f"tile size in input pixels, 0 = whole frames (default {DEFAULT_TILE}; video models "
         f"{_VIDEO_TILE} for x4, {DEFAULT_VIDEO_TILE_OTHER} otherwise); with a video model each clip is cut "
@@ -324,6 +329,12 @@ def check_options(opts: Options) -> None:
         raise UsageError(str(err)) from None
     if device.type == "cuda" and (opts.workers or opts.threads_per_worker):
         raise UsageError("--workers and --threads-per-worker are for --device cpu (one GPU worker runs the model)")
+    if opts.target_fps is not None:
+        given = [f"--{n}" for n in ("attention", "landmarks", "iters") if getattr(opts, n) is not None]
+        if given:
+            raise UsageError(f"--target-fps chooses the attention settings itself: drop {', '.join(given)}")
+        if device.type != "cpu":
+            raise UsageError("--target-fps calibrates on the CPU: it is for --device cpu for now")
     if isinstance(opts.model, nn.Module) and opts.window is not None:
         raise UsageError("window= applies to checkpoints and presets, not to a model object")
 

@@ -43,9 +43,11 @@ import torch
 
 from pipelines.deconvolution import make_prefilter
 from pipelines.pixels import round_pixels
+from pipelines.quality_table import Setting
 from pipelines.restorer import describe_model
 
 from .audit import JOIN_S, Auditor, reference_model
+from .dial import Dial, start_dial
 from .encoding import EncoderSettings
 from .errors import UsageError
 from .flow import POLL_S, DemandQueue, Stopped, get, put
@@ -103,6 +105,7 @@ class Stats:
     precision: Optional[str] = None         # fp32 / bf16 / fp16 / int8: what ran (--precision)
     precision_auto: Optional[dict] = None   # --precision auto: per mode {seconds, psnr} it chose from
     audit: Optional[dict] = None            # --audit N: streamer.audit.AuditReport
+    dial: Optional[dict] = None             # --target-fps F: streamer.dial.DialReport
     frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
     decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
     frames_damaged: int = 0                 # input frames decoded with errors concealed
@@ -127,6 +130,9 @@ class Stats:
                      if self.attention_fallbacks else "")
         if self.prefilter == "motion-wiener":
             fallbacks += f", motion blur found and deconvolved in {self.frames_deconvolved} frames"
+        if self.dial is not None:
+            fallbacks += f", dial: {Setting(**(self.dial['final'] or self.dial['chosen'])).label()} " \
+                         f"for {self.dial['target_fps']:g} fps ({len(self.dial['changes'])} changes)"
         return (f"{self.frames_out}/{self.frames_in} frames in {self.seconds:.1f} s ({self.fps:.2f} fps{lat}), "
                 f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
 
@@ -306,6 +312,7 @@ class Run:
         self.auditor: Optional[Auditor] = None
         self.board: Optional[FrameBoard] = None   # --serve: the latest frame, for viewers
         self.view = None                           # --serve: its started ViewServer
+        self.dial: Optional[Dial] = None
         self.scale = 1
         self._threads: List[threading.Thread] = []
         self._latencies: List[float] = []
@@ -355,7 +362,11 @@ class Run:
         self.stats.precision = precision
         if choice is not None:
             self.stats.precision_auto = {m: asdict(v) for m, v in choice.measurements.items()}
-        self.worker = make_worker(model, info, opts, precision, live=info_in.live)
+        if opts.target_fps is not None:
+            self.dial = start_dial(model, info, opts, precision, info_in.height, info_in.width, windows.tile,
+                                   windows.tile_overlap, self.stats.model)
+        self.worker = make_worker(self.dial.model if self.dial is not None else model, info, opts, precision,
+                                  live=info_in.live)
         if opts.audit:
             self.auditor = Auditor(reference_model(opts.model, opts.task, model), opts.audit, info.scale,
                                    sigma=opts.sigma, prefilter=prefilter)
@@ -467,6 +478,9 @@ class Run:
                 self._written_at.append(done_at)
                 if self._first_out is None:
                     self._first_out = done_at
+                if self.dial is not None:
+                    self.dial.frame_done(self.stats.frames_out, done_at, self.worker.counters.busy_seconds, self.worker,
+                                         self.source.info.live)
                 latency = done_at - state.decoded_at.pop(original.index, done_at)
                 self._latencies.append(latency)
                 if self._budget is not None and latency > self._budget:
@@ -589,6 +603,8 @@ class Run:
         stats.attention_fallbacks = counters.attention_fallbacks
         stats.frames_deconvolved = getattr(self.cutter.prefilter, "deconvolved", 0)
         stats.decode_errors, stats.frames_damaged = self.source.decode_errors, self.source.frames_damaged
+        if self.dial is not None:
+            stats.dial = asdict(self.dial.report)
         if self.auditor is not None:
             stats.audit = asdict(self.auditor.finish(timeout=JOIN_S if stats.completed else 0.5))
         stats.reconnects, stats.stalls = self.source.reconnects, self.source.stalls

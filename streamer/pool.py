@@ -38,6 +38,7 @@ from torch import nn
 
 from pipelines.attention.guard import fallback_count
 from pipelines.pixels import PIXEL_TYPES
+from pipelines.quality_table import Setting, apply_setting
 from pipelines.restorer import Restorer, describe_model
 from pipelines.runtime import configure_allocator
 
@@ -100,6 +101,9 @@ def _worker_main(worker_id: int, parent: int, model: nn.Module, threads: int, ta
         if kind == "slot":
             _, slot, in_buf, out_buf = message
             slots[slot] = (in_buf, out_buf)
+            continue
+        if kind == "tune":   # the dial's new setting: after the items sent before it
+            apply_setting(restorer.model, message[1])
             continue
         _, index, slot, shape, dtype = message
         in_buf, out_buf = slots[slot]
@@ -221,6 +225,27 @@ class CpuPool:   # implements streamer.workers.Worker
         self._deaths: Dict[int, int] = {}
         self._startup_deaths = 0
         self._items: Dict[int, WorkItem] = {}
+        self.lanes = workers   # items computed at once (streamer.dial.Tunable)
+        self._retune: Optional[Setting] = None
+        self._retune_lock = threading.Lock()
+
+    def retune(self, setting: Setting) -> None:
+        """A dial setting for the model (wrapped by ``dial_model``): sent to every worker before
+        the next item is dispatched, and set on the parent's copy, which replacements start from."""
+        with self._retune_lock:
+            self._retune = setting
+
+    def _send_retune(self) -> None:
+        with self._retune_lock:
+            setting, self._retune = self._retune, None
+        if setting is None:
+            return
+        apply_setting(self.model, setting)
+        for proc in self._procs:
+            try:
+                proc.tasks.send(("tune", setting))
+            except (OSError, ValueError):
+                pass   # it died: its replacement starts from self.model
 
     @property
     def description(self) -> str:
@@ -371,6 +396,7 @@ class CpuPool:   # implements streamer.workers.Worker
         return best
 
     def _dispatch(self, proc: _Process, item: WorkItem) -> None:
+        self._send_retune()   # a new dial setting goes out before the next item does
         data = item.data
         need_in = data.nbytes
         need_out = need_in * self.scale * self.scale

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pipelines.attention.guard import fallback_count
+from pipelines.quality_table import Setting, apply_setting
 from pipelines.restorer import Restorer
 
 from .flow import WorkItemError, get
@@ -106,6 +107,20 @@ class DeviceWorker:   # implements Worker
         self.depth = max(1, depth)
         self._free: Dict[Tuple[Tuple[int, ...], torch.dtype], List[torch.Tensor]] = {}
         self.counters = WorkerCounters()
+        self.lanes = 1   # items computed at once (streamer.dial.Tunable)
+        self._retune: Optional[Setting] = None
+        self._retune_lock = threading.Lock()
+
+    def retune(self, setting: Setting) -> None:
+        """A dial setting for the model (wrapped by ``dial_model``), from the next item on."""
+        with self._retune_lock:
+            self._retune = setting
+
+    def _apply_retune(self) -> None:
+        with self._retune_lock:
+            setting, self._retune = self._retune, None
+        if setting is not None:   # in the model's thread, between items
+            apply_setting(self.restorer.model, setting)
 
     @property
     def description(self) -> str:
@@ -136,6 +151,7 @@ class DeviceWorker:   # implements Worker
                 continue
             if item is None:
                 break
+            self._apply_retune()
             pending.append(self._launch(item))
             while len(pending) >= self.depth:
                 emit(self._finish(pending.popleft()))
