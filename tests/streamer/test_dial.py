@@ -201,7 +201,7 @@ def test_a_retuned_worker_runs_the_new_setting_from_the_next_frame_on(kind):
     expected = {}
     for setting in (FULL, HALF):
         restorer = Restorer(copy.deepcopy(apply_setting(model, setting)), prefilter=False)
-        expected[setting] = [restorer.restore_uint8(torch.from_numpy(it.data)).numpy() for it in items]
+        expected[setting] = [restorer.restore_pixels(torch.from_numpy(it.data)).numpy() for it in items]
     apply_setting(model, FULL)
     worker = DeviceWorker(model) if kind == "in-process" else CpuPool(model, workers=1)
     inbox, results, stop = queue.Queue(), queue.Queue(), threading.Event()
