@@ -178,6 +178,8 @@ class ViewServer:
     def _halt(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(STOP_TIMEOUT_S)
+        if not self._thread.is_alive():
+            self._loop.close()   # its selector and wake-up pipe: 3 file descriptors
 
     def stats(self) -> dict:
         """The run's snapshot with the server's own figures beside it."""

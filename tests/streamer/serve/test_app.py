@@ -1,4 +1,5 @@
 """The view server against real HTTP clients on 127.0.0.1 (frames posted by a test thread)."""
+import os
 import socket
 import threading
 import time
@@ -166,3 +167,11 @@ def test_a_port_in_use_is_a_usage_error(board):
         port = taken.getsockname()[1]
         with pytest.raises(UsageError, match="cannot listen"):
             open_view(ServeAddress("127.0.0.1", port), board, snapshot)
+
+
+def test_a_stopped_server_leaves_no_file_descriptor_open(board):
+    """Its event loop is closed too (before: 3 descriptors left per server, seen in the soak test)."""
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        open_view(ServeAddress("127.0.0.1", 0), board, snapshot).stop()
+    assert set(os.listdir("/proc/self/fd")) - before == set()
