@@ -1,7 +1,8 @@
 """``streamer.run``: source -> cutter -> worker(s) -> stitcher -> sink, joined by bounded queues.
 
 (What comes before the first frame, the options, their checks, the model and the worker, is
-:mod:`streamer.options`.) A :class:`Run` owns everything one run opens: the source, the model's
+:mod:`streamer.options`; the stage threads are :mod:`streamer.stages`, the record of a run
+:mod:`streamer.stats`.) A :class:`Run` owns everything one run opens: the source, the model's
 worker, the sink, the stage threads and the timers; ``streamer.run`` is ``Run(...).execute()``.
 
 Threads (all daemon, so a stuck stage can never keep the process alive):
@@ -28,13 +29,12 @@ says what was done.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from collections import deque
 from typing import Deque, Dict, List, Optional, Tuple
 
@@ -43,14 +43,13 @@ import torch
 
 from pipelines.deconvolution import make_prefilter
 from pipelines.pixels import round_pixels
-from pipelines.quality_table import Setting
 from pipelines.restorer import describe_model
 
 from .audit import JOIN_S, Auditor, reference_model
 from .dial import Dial, start_dial
 from .encoding import EncoderSettings
 from .errors import UsageError
-from .flow import POLL_S, DemandQueue, Stopped, get, put
+from .flow import DemandQueue, Stopped, get
 from .frames import Frame
 from .options import (DEFAULT_MAX_LATENCY_MS, Options, check_encoder, check_model_fits, check_options, choose_prefilter, make_worker,
                       options_from_mapping, prepare_model, resolve_precision)
@@ -58,6 +57,8 @@ from .process_env import peak_rss_bytes
 from .ranges import FrameIndex, FrameRange
 from .serve import FrameBoard, check_serve, open_view
 from .sinks import NoOutput, VideoSink, check_output_path
+from .stages import DecodeStage, ModelStage, RunState
+from .stats import Stats
 from .live.clocked import ClockedWriter, FrameSink
 from .live.inputs import open_input
 from .live.source import LiveSource
@@ -71,72 +72,6 @@ LIVE_QUEUE_ITEMS = 1   # work items between stages for a live input (see Run.str
 LIVE_FPS_WINDOW_S = 5.0     # live_stats: fps over this many seconds
 LIVE_LATENCY_FRAMES = 300   # live_stats: latency percentiles over this many frames
 
-STAGES = ("decode", "cut", "model", "stitch", "encode")
-
-
-@dataclass
-class Stats:
-    """What a run did; ``to_dict()`` is the ``--stats`` JSON."""
-
-    input: str
-    output: Optional[str]                   # None: no output (--serve only)
-    model: str = ""
-    worker: str = ""
-    frames_in: int = 0
-    frames_out: int = 0
-    seconds: float = 0.0
-    fps: float = 0.0
-    startup_seconds: Optional[float] = None  # until the first restored frame was written
-    fps_steady: Optional[float] = None       # frames after the first / time after the first
-    stage_seconds: Dict[str, float] = field(default_factory=dict)
-    peak_rss_mb: float = 0.0                # this process
-    peak_frames_held: int = 0               # most frames decoded and not yet written at once
-    workers_peak_rss_mb: float = 0.0        # largest worker process (CPU pool)
-    latency_ms_p50: Optional[float] = None  # decode of a frame -> its restored frame encoded
-    latency_ms_p95: Optional[float] = None
-    latency_ms_p99: Optional[float] = None
-    live: bool = False
-    frames_dropped: int = 0                 # live: frames_in = frames_out + frames_dropped
-    frames_late: int = 0                    # written later than --max-latency (it could not be met)
-    drop_reasons: Dict[str, int] = field(default_factory=dict)
-    worker_restarts: int = 0
-    attention_fallbacks: int = 0            # window-heads where Nyström broke down and exact ran
-    prefilter: Optional[str] = None         # whole-frame step before the model, if any
-    precision: Optional[str] = None         # fp32 / bf16 / fp16 / int8: what ran (--precision)
-    precision_auto: Optional[dict] = None   # --precision auto: per mode {seconds, psnr} it chose from
-    audit: Optional[dict] = None            # --audit N: streamer.audit.AuditReport
-    dial: Optional[dict] = None             # --target-fps F: streamer.dial.DialReport
-    frames_deconvolved: int = 0             # frames where it found a motion blur and inverted it
-    decode_errors: int = 0                  # input packets that did not decode (skipped: a gap)
-    frames_damaged: int = 0                 # input frames decoded with errors concealed
-    reconnects: int = 0                     # live input: times it came back after a stall or loss
-    stalls: int = 0                         # live input: times nothing arrived for --stall-timeout
-    frames_repeated: int = 0                # network output: the last frame again while none came
-    frames_no_signal: int = 0               # network output: "no signal" frames (after --stub-after)
-    serve: Optional[dict] = None            # --serve: url, viewers_peak, requests, jpeg_*, post_seconds
-    completed: bool = False
-    kept_partial: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        lat = f", latency p50 {self.latency_ms_p50:.0f} ms p95 {self.latency_ms_p95:.0f} ms" \
-            if self.latency_ms_p50 is not None else ""
-        if self.live and self.latency_ms_p99 is not None:
-            lat += f" p99 {self.latency_ms_p99:.0f} ms, {self.frames_dropped} dropped"
-            lat += f", {self.reconnects} reconnects" if self.reconnects else ""
-        fallbacks = (f", Nyström fell back to exact attention on {self.attention_fallbacks} window-heads"
-                     if self.attention_fallbacks else "")
-        if self.prefilter == "motion-wiener":
-            fallbacks += f", motion blur found and deconvolved in {self.frames_deconvolved} frames"
-        if self.dial is not None:
-            fallbacks += f", dial: {Setting(**(self.dial['final'] or self.dial['chosen'])).label()} " \
-                         f"for {self.dial['target_fps']:g} fps ({len(self.dial['changes'])} changes)"
-        return (f"{self.frames_out}/{self.frames_in} frames in {self.seconds:.1f} s ({self.fps:.2f} fps{lat}), "
-                f"peak RSS {self.peak_rss_mb:.0f} MB, {self.worker}{fallbacks}")
-
-
 def run(input: str, output: Optional[str], **options) -> Stats:
     """Restore the video ``input`` into ``output``; see :class:`Options` for the options.
 
@@ -148,142 +83,6 @@ def run(input: str, output: Optional[str], **options) -> Stats:
     :class:`Run` (its ``stats`` are kept whatever happens).
     """
     return Run(input, output, options_from_mapping(options)).execute()
-
-
-# -- the state the stages share ----------------------------------------------------------------
-
-
-class RunState:
-    """The stop flag, the first error, per-stage timers and frame counts, shared by the stages."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.error: Optional[BaseException] = None
-        self._lock = threading.Lock()
-        self.seconds: Dict[str, float] = dict.fromkeys(STAGES, 0.0)
-        self.decoded_at: Dict[int, float] = {}   # frame index -> when it was decoded
-        self.frames_in = 0
-        self.frames_out = 0      # written by the caller's thread
-        self.peak_held = 0       # most frames decoded and not yet written (read racily: an upper bound)
-        self.drops: Dict[str, int] = {}
-        self.cut_at: Dict[int, float] = {}       # frame index -> when it entered the cutter
-        # A frame's time from the cutter to encoded: the most of the last 8, so that a deadline
-        # is judged against what the queue and the model have just been taking, not an average.
-        self.services: Deque[float] = deque(maxlen=8)
-        self.service_s: Optional[float] = None
-
-    def dropped(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
-    def fail(self, err: BaseException) -> None:
-        """Record ``err`` if it is the first error, and stop every stage."""
-        with self._lock:
-            if self.error is None and not isinstance(err, Stopped):
-                self.error = err
-        self.stop.set()
-
-
-class DecodeStage:
-    """Frames from the source, cut into work items, onto the ``work`` queue (``None`` ends it)."""
-
-    def __init__(self, source: VideoSource, cutter: Cutter, work: "queue.Queue", state: RunState,
-                 budget_s: Optional[float] = None, frames: Optional[int] = None,
-                 duration: Optional[float] = None) -> None:
-        self.source, self.cutter, self.work, self.state = source, cutter, work, state
-        self.budget_s = budget_s   # live: arrival -> encoded; a frame that cannot make it is dropped here
-        self.frames, self.duration = frames, duration   # --frames N / --duration S: end of input here
-        self._said_unreachable = False
-
-    def _enough(self, frame: Frame, first: Optional[Frame], started: float) -> bool:
-        """Whether ``frame`` is past ``--frames`` / ``--duration`` (input time where it has
-        timestamps, else wall time since the first frame)."""
-        if self.frames is not None and self.state.frames_in >= self.frames:
-            return True
-        if self.duration is None or first is None:
-            return False
-        if frame.pts is not None and first.pts is not None:
-            return float((frame.pts - first.pts) * frame.time_base) >= self.duration
-        return time.monotonic() - started >= self.duration
-
-    def _too_late(self, frame: Frame) -> bool:
-        """Whether ``frame`` would leave after its deadline: its age plus what the model and encoder
-        take per frame (measured) exceeds the budget. Dropped here, before the model spends on it.
-
-        When the model alone takes longer than the budget, no frame can make it, and dropping
-        every one would freeze the output on its first frame (seen: 4 frames in 8 s). Then each
-        frame the model has room for, the latest (the source keeps only that), goes through:
-        latency is about the per-frame time, the least there is. Said once; counted as
-        ``frames_late``."""
-        service = self.state.service_s
-        if self.budget_s is None or frame.arrived is None or service is None:
-            return False
-        if service >= self.budget_s:
-            # (said once the estimate is out of the start-up: eight frames measured)
-            if not self._said_unreachable and len(self.state.services) == self.state.services.maxlen:
-                self._said_unreachable = True
-                log.warning("the model takes %.0f ms a frame, more than --max-latency %.0f ms: no frame can make "
-                            "it, so each leaves as fresh as it can (raise --max-latency, or use a faster setting)",
-                            service * 1000, self.budget_s * 1000)
-            return False
-        return time.monotonic() - frame.arrived + service > self.budget_s
-
-    def __call__(self) -> None:
-        state = self.state
-        passed, first, started = 0, None, time.monotonic()
-        ask = isinstance(self.work, DemandQueue)   # wait for the model to ask before the next frame
-        try:
-            frames = iter(self.source)
-            while True:
-                if ask:
-                    # Live: take a frame only once the model asks for one, so that the frame it
-                    # gets is the latest (the source keeps only that) and does not age here.
-                    while not self.work.wanted.wait(POLL_S):
-                        if state.stop.is_set():
-                            raise Stopped()
-                    self.work.wanted.clear()
-                t0 = time.perf_counter()
-                frame = next(frames, None)
-                t1 = time.perf_counter()
-                state.seconds["decode"] += t1 - t0
-                if frame is None or self._enough(frame, first, started):
-                    break
-                first = first or frame
-                state.frames_in += 1
-                if self._too_late(frame):
-                    state.dropped("late")
-                    continue
-                if frame.index != passed:   # frames dropped before: the cutter numbers without gaps
-                    frame = dataclasses.replace(frame, index=passed)
-                passed += 1
-                state.decoded_at[frame.index] = frame.arrived or time.monotonic()
-                state.cut_at[frame.index] = time.monotonic()
-                state.peak_held = max(state.peak_held, state.frames_in - state.frames_out)
-                items = self.cutter.push(frame)
-                state.seconds["cut"] += time.perf_counter() - t1
-                # A video model's clip still filling: the model has nothing yet, take the next now.
-                ask = isinstance(self.work, DemandQueue) and bool(items)
-                for item in items:
-                    put(self.work, item, state.stop)
-            for item in self.cutter.finish():
-                put(self.work, item, state.stop)
-            put(self.work, None, state.stop)
-        except BaseException as err:
-            state.fail(err)
-
-
-class ModelStage:
-    """Work items through the worker, results onto the ``results`` queue (``None`` ends it)."""
-
-    def __init__(self, worker: Worker, work: "queue.Queue", results: "queue.Queue", state: RunState) -> None:
-        self.worker, self.work, self.results, self.state = worker, work, results, state
-
-    def __call__(self) -> None:
-        stop = self.state.stop
-        try:
-            self.worker.run(self.work, lambda result: put(self.results, result, stop), stop)
-            put(self.results, None, stop)
-        except BaseException as err:
-            self.state.fail(err)
 
 
 # -- the run -----------------------------------------------------------------------------------
