@@ -226,6 +226,9 @@ def _announce(logger_name: str) -> None:
         root_handler.setLevel(logging.WARNING)
     logger = logging.getLogger(logger_name)
     logger.setLevel(logging.INFO)
+    for earlier in [h for h in logger.handlers if getattr(h, "nystra_announce", False)]:
+        logger.removeHandler(earlier)   # main() called again in one process: one line, not two
+    handler.nystra_announce = True
     logger.addHandler(handler)
 
 

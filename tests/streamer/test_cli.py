@@ -340,3 +340,14 @@ def test_live_progress_shows_latency_drops_and_reconnects_instead_of_an_eta():
     stats = {"latency_ms_p50": 61.2, "latency_ms_p95": 134.0, "frames_dropped": 3, "reconnects": 1}
     assert _live_figures(stats) == "latency p50 61 p95 134 ms, 3 dropped, 1 reconnects"
     assert _live_figures(dict(stats, latency_ms_p50=None)) == "3 dropped, 1 reconnects"
+
+
+def test_announcements_are_said_once_however_often_main_runs_in_a_process(capsys):
+    import logging
+
+    from streamer.cli import _announce
+
+    for _ in range(3):
+        _announce("streamer.serve")
+    logging.getLogger("streamer.serve").info("view at http://127.0.0.1:1/")
+    assert capsys.readouterr().err.count("view at") == 1
